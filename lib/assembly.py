@@ -1,0 +1,300 @@
+"""Assembly: write the cube's arrays and place each file's references at its offset.
+
+Arrays are created (or resized) at their full size first; then each batch's references are written
+straight into them with ``set_virtual_refs_arr(..., arr_offset=...)``, spread over parallel Icechunk
+forks that are merged back into one session. Nothing is concatenated in memory: a batch holds only
+its own files' references. Native variables (coordinates, scalars) are written as regular chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lib.errors import StorageError
+from lib.layout import Axes, Placement
+from lib.parsing.fragment import Fragment
+from lib.storage import ref_location
+from lib.validation import CELL, CONCAT, DATA, CubeSchema, VariableSchema
+
+if TYPE_CHECKING:
+    import icechunk
+
+__all__ = ["BatchItem", "clear_blocks", "cube_dims", "group_by_cell", "place_batch", "prepare_arrays"]
+
+# Native arrays grow along pattern and concat dims; generous chunks keep a growing axis in few chunks.
+NATIVE_CHUNK_ELEMENTS = 1 << 22
+NATIVE_GROWING_CHUNK = 1 << 16
+
+
+@dataclass
+class BatchItem:
+    """One file of a batch: where it goes, its fragment, and the checksum its refs carry."""
+
+    placement: Placement
+    fragment: Fragment
+    checksum: Any
+
+
+def cube_dims(var: VariableSchema, schema: CubeSchema) -> tuple[str, ...]:
+    """A variable's dims in the cube: pattern dims first for data and cell variables."""
+    if var.role in (DATA, CELL):
+        return (*schema.pattern, *var.dims)
+    return var.dims
+
+
+def cube_shape(var: VariableSchema, schema: CubeSchema, axes: Axes) -> tuple[int, ...]:
+    sizes = axes.sizes()
+    file_shape = [sizes[d] if d in schema.concat else s for d, s in zip(var.dims, var.shape, strict=True)]
+    if var.role in (DATA, CELL):
+        return (*(len(axes.pattern[d]) for d in schema.pattern), *file_shape)
+    return tuple(file_shape)
+
+
+def _growing(var: VariableSchema, schema: CubeSchema) -> list[bool]:
+    return [d in schema.pattern or d in schema.concat for d in cube_dims(var, schema)]
+
+
+def _native_chunks(shape: Sequence[int], growing: Sequence[bool]) -> tuple[int, ...]:
+    chunks = [max(s, NATIVE_GROWING_CHUNK if g else 1) if g else max(s, 1) for s, g in zip(shape, growing, strict=True)]
+    while math.prod(chunks) > NATIVE_CHUNK_ELEMENTS:
+        candidates = [i for i, g in enumerate(growing) if g and chunks[i] > 1] or [
+            i for i, c in enumerate(chunks) if c > 1]
+        if not candidates:
+            break
+        i = max(candidates, key=lambda k: chunks[k])
+        chunks[i] = max(1, chunks[i] // 2)
+    return tuple(chunks)
+
+
+def _zdtype(var: VariableSchema) -> Any:
+    from zarr.core.dtype import get_data_type_from_json
+
+    return get_data_type_from_json(var.metadata["data_type"], zarr_format=3)
+
+
+def _virtual_document(var: VariableSchema, schema: CubeSchema, axes: Axes) -> bytes:
+    """The zarr.json of a referenced variable: the files' own metadata at the cube's size."""
+    doc = dict(var.metadata)
+    pad = len(cube_dims(var, schema)) - len(var.dims)
+    doc["shape"] = list(cube_shape(var, schema, axes))
+    doc["chunk_grid"] = {"name": "regular", "configuration": {"chunk_shape": [1] * pad + list(var.chunks)}}
+    doc["dimension_names"] = list(cube_dims(var, schema))
+    return json.dumps(doc, allow_nan=False).encode()
+
+
+def _native_attributes(var: VariableSchema, schema: CubeSchema) -> dict[str, Any]:
+    attrs = dict(var.attributes)
+    if var.role == CONCAT:
+        encoding = schema.concat_encoding.get(var.path, {})
+        for key in ("units", "calendar", "scale_factor", "add_offset"):
+            if key in encoding:
+                attrs[key] = encoding[key]
+    return attrs
+
+
+def _create_native(group: Any, var: VariableSchema, schema: CubeSchema, axes: Axes) -> Any:
+    zdtype = _zdtype(var)
+    dtype = zdtype.to_native_dtype()
+    if var.role == CONCAT:
+        dtype = np.dtype(schema.concat_encoding[var.path]["dtype"]).newbyteorder("=")
+    fill = zdtype.from_json_scalar(var.metadata["fill_value"], zarr_format=3)
+    shape = cube_shape(var, schema, axes)
+    return group.create_array(
+        var.path, shape=shape, chunks=_native_chunks(shape, _growing(var, schema)), dtype=dtype,
+        fill_value=fill if var.role != CONCAT else None, attributes=_native_attributes(var, schema),
+        dimension_names=cube_dims(var, schema), overwrite=True,
+    )
+
+
+def _write_pattern_coords(group: Any, axes: Axes, schema: CubeSchema) -> None:
+    for dim, values in axes.pattern.items():
+        kind = schema.pattern[dim]
+        data = np.asarray(values, dtype=np.int64 if kind == "int" else np.dtypes.StringDType())
+        if dim in group and tuple(group[dim].shape) != data.shape:
+            group[dim].resize(data.shape)
+        if dim not in group:
+            group.create_array(dim, shape=data.shape, chunks=(max(data.size, NATIVE_GROWING_CHUNK),),
+                               dtype=data.dtype, dimension_names=(dim,), fill_value=None,
+                               attributes={"description": f"the {{{dim}}} field of the source path pattern"})
+        group[dim][...] = data
+
+
+def prepare_arrays(store: Any, schema: CubeSchema, axes: Axes, *, fresh: bool,
+                   shared: dict[str, Fragment] | None = None) -> None:
+    """Create every array at its full size (``fresh``) or resize the existing ones to ``axes``.
+
+    A fresh cube replaces whatever the store held. Coordinates of the pattern and concat dims are
+    (re)written in full; shared variables are written from ``shared`` (path → representative fragment).
+    """
+    import zarr
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    prototype = default_buffer_prototype()
+    if fresh:
+        root = zarr.open_group(store, mode="w", zarr_format=3, attributes=schema.attributes)
+        for path in sorted(schema.groups):
+            root.require_group(path).update_attributes(schema.groups[path])
+    root = zarr.open_group(store, mode="r+", zarr_format=3)
+    for var in schema.variables.values():
+        shape = cube_shape(var, schema, axes)
+        if not fresh:
+            array = root[var.path]
+            if tuple(array.shape) != shape:
+                array.resize(shape)
+            continue
+        if var.kind == "virtual":
+            sync(store.set(f"{var.path}/zarr.json", prototype.buffer.from_bytes(_virtual_document(var, schema, axes))))
+        else:
+            _create_native(root, var, schema, axes)
+    _write_pattern_coords(root, axes, schema)
+    for dim, values in axes.concat.items():
+        var = schema.variables.get(dim)
+        if var is not None and var.kind == "native":
+            root[dim][...] = values.astype(root[dim].dtype)
+    for path, fragment in (shared or {}).items():
+        var, item = schema.variables[path], fragment.arrays[path]
+        if var.kind == "native":
+            root[path][...] = np.asarray(item.values).astype(root[path].dtype)
+
+
+def _offset(var: VariableSchema, schema: CubeSchema, placement: Placement) -> tuple[int, ...]:
+    """The chunk index at which a file's block of ``var`` starts in the cube."""
+    out = list(placement.cell) if var.role in (DATA, CELL) else []
+    for dim, chunk in zip(var.dims, var.chunks, strict=True):
+        out.append(placement.range_of(dim)[0] // chunk if dim in schema.concat else 0)
+    return tuple(out)
+
+
+def _ref_calls(items: Iterable[BatchItem], schema: CubeSchema, refs_for: set[str]) -> list[dict[str, Any]]:
+    calls = []
+    for item in items:
+        location = ref_location(item.fragment.url)
+        for var in schema.variables.values():
+            if var.kind != "virtual" or var.path not in refs_for:
+                continue
+            frag = item.fragment.arrays[var.path]
+            lengths = frag.lengths.ravel()
+            present = lengths > 0
+            if not present.any():
+                continue
+            pad = len(cube_dims(var, schema)) - len(var.dims)
+            calls.append(dict(
+                array_path=var.path,
+                chunk_grid_shape=(1,) * pad + tuple(frag.lengths.shape),
+                locations=[location if p else "" for p in present.tolist()],
+                offsets=np.ascontiguousarray(frag.offsets.ravel(), dtype=np.uint64),
+                lengths=np.ascontiguousarray(lengths, dtype=np.uint64),
+                arr_offset=_offset(var, schema, item.placement),
+                checksum=item.checksum,
+            ))
+    return calls
+
+
+def _set_refs(store: Any, calls: list[dict[str, Any]]) -> None:
+    for call in calls:
+        failed = store.set_virtual_refs_arr(**call, validate_containers=True)
+        if failed:
+            raise StorageError(f"Icechunk refused {len(failed)} references of '{call['array_path']}' "
+                               f"(outside the source's virtual chunk container?)")
+
+
+def _write_natives(store: Any, schema: CubeSchema, items: list[BatchItem]) -> None:
+    """Native data and cell variables: read each array once, set every file's block, write it once."""
+    import zarr
+
+    root = zarr.open_group(store, mode="r+", zarr_format=3)
+    for var in schema.variables.values():
+        if var.kind != "native" or var.role not in (DATA, CELL):
+            continue
+        array = root[var.path]
+        whole = array[...]
+        for item in items:
+            values = item.fragment.arrays[var.path].values
+            region: list[slice | int] = list(item.placement.cell)
+            for dim in var.dims:
+                if dim in schema.concat:
+                    start, stop = item.placement.range_of(dim)
+                    region.append(slice(start, stop))
+                else:
+                    region.append(slice(None))
+            whole[tuple(region)] = values
+        array[...] = whole
+
+
+def place_batch(session: icechunk.Session, schema: CubeSchema, items: list[BatchItem], workers: int = 2) -> int:
+    """Write one batch's references and native values into a session; returns the refs written.
+
+    References are spread over ``workers`` Icechunk forks written in parallel and merged back.
+    The arrays must already have their final size (forks cannot grow them).
+    """
+    refs_for = {v.path for v in schema.by_role(DATA, CELL) if v.kind == "virtual"}
+    calls = _ref_calls(items, schema, refs_for)
+    if workers > 1 and len(calls) > 64:
+        shares = [calls[i::workers] for i in range(workers)]
+        forks = [session.fork() for _ in shares]
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda pair: _set_refs(pair[0].store, pair[1]), zip(forks, shares, strict=True)))
+        session.merge(*forks)
+    else:
+        _set_refs(session.store, calls)
+    _write_natives(session.store, schema, items)
+    return sum(int(np.count_nonzero(c["lengths"])) for c in calls)
+
+
+def clear_blocks(store: Any, schema: CubeSchema, placements: list[Placement], *, cells_emptied: set[tuple[int, ...]]
+                 ) -> None:
+    """Remove the references and native values of files taken out of the cube (reset to fill values).
+
+    Cell variables are cleared only in ``cells_emptied``: the cells no other file holds.
+    """
+    import zarr
+    from zarr.core.sync import sync
+
+    root = zarr.open_group(store, mode="r+", zarr_format=3)
+    keys: list[str] = []
+    for p in placements:
+        for var in schema.by_role(DATA, CELL):
+            if var.role == CELL and p.cell not in cells_emptied:
+                continue
+            if var.kind == "native":
+                region: list[slice | int] = list(p.cell)
+                for dim in var.dims:
+                    region.append(slice(*p.range_of(dim)) if dim in schema.concat else slice(None))
+                array = root[var.path]
+                array[tuple(region)] = array.fill_value
+                continue
+            start = _offset(var, schema, p)
+            grid = []
+            for dim, chunk, size in zip(var.dims, var.chunks, var.shape, strict=True):
+                if dim in schema.concat:
+                    a, b = p.range_of(dim)
+                    grid.append(math.ceil((b - a) / chunk))
+                else:
+                    grid.append(math.ceil(size / chunk))
+            pad = len(start) - len(grid)
+            for index in np.ndindex(*grid):
+                key = "/".join(str(s + i) for s, i in zip(start, (0,) * pad + index, strict=True))
+                keys.append(f"{var.path}/c/{key}" if key else f"{var.path}/c")
+    if keys:
+        async def delete_all() -> None:
+            for key in keys:
+                await store.delete(key)
+
+        sync(delete_all())
+
+
+def group_by_cell(placements: Iterable[Placement]) -> dict[tuple[int, ...], list[Placement]]:
+    out: dict[tuple[int, ...], list[Placement]] = defaultdict(list)
+    for p in placements:
+        out[p.cell].append(p)
+    return out
+

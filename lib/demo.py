@@ -1,0 +1,106 @@
+"""A small synthetic archive shaped like a real model ensemble, for the demo, tests and benchmarks.
+
+Tiles ``polygon_{p:03d}/month_{m:02d}/step_{t:04d}.nc``: netCDF-4 files, one time step each, with
+chunked, compressed variables over (time, depth, lat, lon), 1-D coordinates, CF time whose units
+differ from file to file (as in real archives), a scalar variable and attributes. Together they
+form one 6-D cube: polygon x month x time x depth x lat x lon.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["DemoShape", "demo_spec", "write_bad_file", "write_demo_archive", "write_step"]
+
+EPOCH = np.datetime64("2000-01-01", "D")
+
+
+class DemoShape:
+    """The size of a demo archive."""
+
+    def __init__(self, polygons: int = 2, months: int = 3, steps: int = 4, depth: int = 5, lat: int = 16,
+                 lon: int = 16, chunk: tuple[int, int, int, int] = (1, 5, 8, 8), variables: int = 2) -> None:
+        self.polygons, self.months, self.steps = polygons, months, steps
+        self.depth, self.lat, self.lon, self.chunk, self.variables = depth, lat, lon, chunk, variables
+
+    @property
+    def files(self) -> int:
+        return self.polygons * self.months * self.steps
+
+
+NAMES = ("DIC", "ALK", "TEMP", "SALT")
+
+
+def step_path(root: Path, polygon: int, month: int, step: int) -> Path:
+    return root / f"polygon_{polygon:03d}" / f"month_{month:02d}" / f"step_{step:04d}.nc"
+
+
+def write_step(path: Path, polygon: int, month: int, step: int, shape: DemoShape | None = None,
+               chunk: tuple[int, int, int, int] | None = None, complevel: int = 4) -> Path:
+    """Write one tile file: one time step of one ensemble member."""
+    import xarray as xr
+
+    shape = shape or DemoShape()
+    chunk = chunk or shape.chunk
+    rng = np.random.default_rng(polygon * 100_003 + month * 1009 + step)
+    dims = ("time", "depth", "lat", "lon")
+    size = (1, shape.depth, shape.lat, shape.lon)
+    data = {}
+    for i, name in enumerate(NAMES[: shape.variables]):
+        values = (2000.0 + 100 * i + rng.standard_normal(size) * 10).astype("f4")
+        data[name] = (dims, values, {"units": "mmol/m^3", "long_name": f"{name} concentration"})
+    data["injection_rate"] = ((), np.float32(1.0 + polygon + 0.1 * month), {"units": "mol/s"})
+    when = EPOCH + np.timedelta64(step, "D")
+    ds = xr.Dataset(
+        data,
+        coords={
+            "time": ("time", [when.astype("datetime64[ns]")]),
+            "depth": ("depth", np.linspace(5.0, 5.0 + 10 * (shape.depth - 1), shape.depth),
+                      {"units": "m", "positive": "down"}),
+            "lat": ("lat", np.linspace(-30.0, 30.0, shape.lat), {"units": "degrees_north"}),
+            "lon": ("lon", np.linspace(150.0, 210.0, shape.lon), {"units": "degrees_east"}),
+        },
+        attrs={"title": "icefloe demo ensemble", "polygon": polygon, "injection_month": month},
+    )
+    encoding: dict[str, dict[str, object]] = {
+        name: {"chunksizes": chunk, "zlib": True, "complevel": complevel, "shuffle": True}
+        for name in NAMES[: shape.variables]
+    }
+    # each file's time units start at its own date, as many archives' do
+    encoding["time"] = {"units": f"days since {when}", "calendar": "proleptic_gregorian", "dtype": "int64"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.to_netcdf(path, engine="h5netcdf", encoding=encoding)
+    return path
+
+
+def write_demo_archive(root: Path, shape: DemoShape | None = None, polygons: Iterable[int] | None = None,
+                       months: Iterable[int] | None = None, steps: Iterable[int] | None = None) -> list[Path]:
+    """Write every tile of a demo archive (or the given subset) under ``root``."""
+    shape = shape or DemoShape()
+    out = []
+    for p in polygons if polygons is not None else range(shape.polygons):
+        for m in months if months is not None else range(1, shape.months + 1):
+            for t in steps if steps is not None else range(shape.steps):
+                out.append(write_step(step_path(root, p, m, t), p, m, t, shape))
+    return out
+
+
+def write_bad_file(root: Path, shape: DemoShape | None = None) -> Path:
+    """A tile whose DIC is chunked differently from every other file: it cannot join the cube."""
+    shape = shape or DemoShape()
+    path = step_path(root, 1 % max(shape.polygons, 1), 1, shape.steps)
+    return write_step(path, 1, 1, shape.steps, shape, chunk=(1, shape.depth, shape.lat, shape.lon))
+
+
+def demo_spec(source: Path, repo: Path, name: str = "demo") -> str:
+    """The spec of a demo archive, as YAML text."""
+    return (
+        f"name: {name}\n"
+        f"source:\n  url: file://{source.resolve()}/\n"
+        f'  pattern: "polygon_{{polygon:d}}/month_{{month:d}}/step_*.nc"\n'
+        f"concat: [time]\n"
+        f"repo:\n  url: file://{repo.resolve()}\n"
+    )

@@ -1,0 +1,225 @@
+"""Discovery: list the source, match the pattern, and sort objects against the ledger.
+
+Pattern grammar (relative to ``source.url``): ``*`` matches within one path segment, ``**`` any
+number of whole segments, ``?`` one character; ``{field}`` captures a string and ``{field:d}`` an
+integer, each within one segment. Fields become new dimensions of the cube, in pattern order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import parse
+
+from lib.errors import SpecError, StorageError
+
+__all__ = ["Discovery", "Pattern", "SourceObject", "classify_objects", "compile_pattern", "list_sources"]
+
+
+@parse.with_pattern(r"[^/]*")
+def _star(text: str) -> str:
+    return text
+
+
+@parse.with_pattern(r"[^/]")
+def _one(text: str) -> str:
+    return text
+
+
+@parse.with_pattern(r"(?:[^/]+/)*")
+def _deep(text: str) -> str:
+    return text
+
+
+@parse.with_pattern(r".*")
+def _deep_tail(text: str) -> str:
+    return text
+
+
+@parse.with_pattern(r"[^/]+")
+def _segment(text: str) -> str:
+    return text
+
+
+@parse.with_pattern(r"[0-9]+")
+def _integer(text: str) -> int:
+    return int(text)
+
+
+_TYPES = {"Star": _star, "One": _one, "Deep": _deep, "DeepTail": _deep_tail, "Seg": _segment, "Int": _integer}
+_FIELD = re.compile(r"\{([^{}]*)\}")
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A compiled source pattern: its fields (name → "int" | "str") and a matcher for relative paths."""
+
+    text: str
+    fields: dict[str, str]
+    prefix: str
+    parser: Any = field(repr=False, compare=False)
+
+    def match(self, path: str) -> dict[str, int | str] | None:
+        """The field values of a path relative to the source URL, or None if it does not match."""
+        result = self.parser.parse(path)
+        if result is None:
+            return None
+        return dict(result.named)
+
+
+@lru_cache(maxsize=64)
+def compile_pattern(text: str) -> Pattern:
+    """Compile a pattern into a parse-based matcher.
+
+    Raises
+    ------
+    SpecError
+        The pattern is empty, absolute, escapes the source, or has a malformed or duplicate field.
+    """
+    if not text or text.startswith("/") or ".." in text.split("/"):
+        raise SpecError(f"pattern {text!r} must be a non-empty path relative to source.url, without '..'",
+                        key="source.pattern")
+    out: list[str] = []
+    fields: dict[str, str] = {}
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if text.startswith("**/", i):
+            out.append("{:Deep}")
+            i += 3
+        elif text.startswith("**", i):
+            out.append("{:DeepTail}")
+            i += 2
+        elif ch == "*":
+            out.append("{:Star}")
+            i += 1
+        elif ch == "?":
+            out.append("{:One}")
+            i += 1
+        elif ch == "{":
+            m = _FIELD.match(text, i)
+            if not m:
+                raise SpecError(f"pattern {text!r} has an unclosed '{{' at position {i}", key="source.pattern")
+            name, _, kind = m.group(1).partition(":")
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise SpecError(f"pattern field {m.group(0)!r} needs a name like {{polygon}} or {{polygon:d}}",
+                                key="source.pattern")
+            if kind not in ("", "d"):
+                raise SpecError(f"pattern field {m.group(0)!r}: the only type is ':d' (integer)",
+                                key="source.pattern")
+            if name in fields:
+                raise SpecError(f"pattern field {{{name}}} appears twice", key="source.pattern")
+            fields[name] = "int" if kind == "d" else "str"
+            out.append(f"{{{name}:{'Int' if kind == 'd' else 'Seg'}}}")
+            i = m.end()
+        elif ch == "}":
+            raise SpecError(f"pattern {text!r} has an unmatched '}}' at position {i}", key="source.pattern")
+        else:
+            out.append(ch)
+            i += 1
+    parser = parse.compile("".join(out), extra_types=_TYPES, case_sensitive=True)
+    literal = re.split(r"[*?{]", text, maxsplit=1)[0]
+    prefix = literal.rsplit("/", 1)[0] + "/" if "/" in literal else ""
+    return Pattern(text=text, fields=fields, prefix=prefix, parser=parser)
+
+
+@dataclass(frozen=True)
+class SourceObject:
+    """One object of the archive that matches the pattern."""
+
+    url: str
+    etag: str
+    size: int
+    last_modified: dt.datetime
+    fields: tuple[tuple[str, int | str], ...] = ()
+
+    @property
+    def field_values(self) -> dict[str, int | str]:
+        return dict(self.fields)
+
+
+def _safe_key(path: str) -> bool:
+    """Keys that could escape the source prefix are never ingested."""
+    parts = path.split("/")
+    return not path.startswith("/") and ".." not in parts and "." not in parts and "\x00" not in path
+
+
+def list_sources(source_url: str, store: Any, pattern: Pattern) -> tuple[list[SourceObject], list[str]]:
+    """List the objects under ``source_url`` that match ``pattern``, sorted by field values then URL.
+
+    Returns the matching objects and the URLs that matched but cannot be used (unsafe keys).
+
+    Raises
+    ------
+    StorageError
+        The listing failed (unreachable endpoint, missing bucket or directory, no access).
+    """
+    import obstore
+
+    found: list[SourceObject] = []
+    unsafe: list[str] = []
+    try:
+        for batch in obstore.list(store, prefix=pattern.prefix or None, chunk_size=10_000):
+            for meta in batch:
+                path = meta["path"]
+                values = pattern.match(path)
+                if values is None:
+                    continue
+                url = source_url + path
+                if not _safe_key(path):
+                    unsafe.append(url)
+                    continue
+                found.append(SourceObject(
+                    url=url, etag=str(meta.get("e_tag") or ""), size=int(meta["size"]),
+                    last_modified=meta["last_modified"], fields=tuple(values.items()),
+                ))
+    except FileNotFoundError as e:
+        raise StorageError(f"cannot list {source_url}: it does not exist ({e})") from e
+    except Exception as e:  # obstore raises its own error types for network and permission failures
+        raise StorageError(f"cannot list {source_url}: {type(e).__name__}: {e}") from e
+    found.sort(key=lambda o: (tuple(v for _, v in o.fields), o.url))
+    return found, unsafe
+
+
+@dataclass
+class Discovery:
+    """Objects sorted against the ledger: what a run has to do."""
+
+    pending: list[SourceObject] = field(default_factory=list)
+    unchanged: list[SourceObject] = field(default_factory=list)
+    changed: list[SourceObject] = field(default_factory=list)
+    known_bad: list[SourceObject] = field(default_factory=list)
+    unsafe: list[str] = field(default_factory=list)
+
+    @property
+    def discovered(self) -> int:
+        return len(self.pending) + len(self.unchanged) + len(self.changed) + len(self.known_bad) + len(self.unsafe)
+
+
+def classify_objects(objects: Iterable[SourceObject], ledger: Mapping[str, Any], *, replace: bool = False,
+                     only: set[str] | None = None) -> Discovery:
+    """Sort listed objects against the ledger's current rows (url → row with etag and status).
+
+    Objects in the cube at the same etag are unchanged; at another etag they are changed (pending
+    only with ``replace``). Objects quarantined at the same etag are not retried. With ``only``,
+    objects outside that set of URLs are left out entirely.
+    """
+    out = Discovery()
+    for obj in objects:
+        if only is not None and obj.url not in only:
+            continue
+        row = ledger.get(obj.url)
+        if row is None or row.status == "removed":
+            out.pending.append(obj)
+        elif row.etag != obj.etag:
+            (out.pending if replace or row.status == "quarantined" else out.changed).append(obj)
+        elif row.status == "quarantined":
+            out.known_bad.append(obj)
+        else:
+            out.unchanged.append(obj)
+    return out

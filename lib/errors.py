@@ -1,0 +1,69 @@
+"""The icefloe exception tree, grouped by what a caller does about each error.
+
+::
+
+    IcefloeError
+    ├── SpecError              bad spec or usage: exit 2, caught before any I/O
+    ├── SourceError            bad or unsupported input: quarantine the object, never retry
+    │   └── SchemaMismatch     the object parses but does not fit the cube
+    ├── StorageError           an object store or repository failed: transient, retry
+    ├── ConflictError          another writer moved a branch first: re-plan from the new tip
+    └── PublishBlocked         a cube-wide check failed: main does not move; carries the report
+
+Messages name the object, the variable and both sides of a mismatch, e.g.
+``variable 'tas' in 's3://archive/2003/0911.nc' has chunks (1, 720, 1440); the cube has (1, 1800, 3600)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class IcefloeError(Exception):
+    """Root of every error icefloe raises on purpose."""
+
+
+class SpecError(IcefloeError):
+    """The spec or the command line is wrong; nothing was read or written.
+
+    ``key`` is the dotted spec key at fault (``source.pattern``) when there is one.
+    """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class SourceError(IcefloeError):
+    """An object cannot become part of the cube: it is quarantined with this reason, never retried.
+
+    ``url`` is the object, ``variable`` the variable at fault when there is one.
+    """
+
+    def __init__(self, message: str, url: str | None = None, variable: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.variable = variable
+
+
+class SchemaMismatch(SourceError):
+    """An object parses, but its schema or coordinates do not fit the cube's."""
+
+
+class StorageError(IcefloeError):
+    """An object store or the repository failed in a way that may pass: retry with backoff."""
+
+
+class ConflictError(IcefloeError):
+    """Another writer moved a branch since this run read it; the run re-plans from the new tip."""
+
+
+class PublishBlocked(IcefloeError):
+    """A cube-wide check failed on the staging snapshot, so main was not moved.
+
+    ``summary`` is the run's summary (the ``--json`` object), findings included.
+    """
+
+    def __init__(self, message: str, summary: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary or {}

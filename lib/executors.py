@@ -1,0 +1,183 @@
+"""Executors: one interface over threads, processes and Lithops (localhost or AWS Lambda).
+
+Work is sent as calls of a plain, importable function on small arguments (batches of URLs, not
+data: Lithops caps a call's payload at 4 MiB). Each call's failure is returned in its place, never
+raised, so one broken call never loses the others' results.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor as _FuturesExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from lib.errors import SpecError
+
+if TYPE_CHECKING:
+    from lib.spec import Execution
+
+__all__ = ["CallFailed", "Executor", "lithops_config", "make_executor"]
+
+
+@dataclass
+class CallFailed:
+    """A call that raised or whose worker died: ``error`` says how."""
+
+    error: str
+    crashed: bool = False
+
+
+class Executor:
+    """Runs ``fn(*args)`` for each argument tuple and returns the results in order."""
+
+    name = "serial"
+    workers = 1
+
+    def map(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[Any]:
+        out: list[Any] = []
+        for args in calls:
+            try:
+                out.append(fn(*args))
+            except Exception as e:
+                out.append(CallFailed(f"{type(e).__name__}: {e}"))
+        return out
+
+    def close(self) -> None:
+        """Release workers."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class PoolExecutor(Executor):
+    """Threads or processes from :mod:`concurrent.futures`; a process pool that breaks is rebuilt."""
+
+    kind: str = "processes"
+    workers: int = 2
+    _pool: _FuturesExecutor | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.kind
+
+    def _get_pool(self) -> _FuturesExecutor:
+        if self._pool is None:
+            if self.kind == "threads":
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="icefloe-parse")
+            else:
+                import multiprocessing
+
+                # forkserver: workers never inherit the threads of Prefect's client or the event loop
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"))
+        return self._pool
+
+    def map(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[Any]:
+        from concurrent.futures.process import BrokenProcessPool
+
+        pool = self._get_pool()
+        futures = [pool.submit(fn, *args) for args in calls]
+        out: list[Any] = []
+        broken = False
+        for future in futures:
+            try:
+                out.append(future.result())
+            except BrokenProcessPool as e:
+                broken = True
+                out.append(CallFailed(f"a worker process died ({e})", crashed=True))
+            except Exception as e:
+                out.append(CallFailed(f"{type(e).__name__}: {e}"))
+        if broken:
+            self.close()
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def lithops_config(execution: Execution) -> dict[str, Any]:
+    """The Lithops configuration a spec's ``execution.lithops`` section stands for."""
+    lithops = execution.lithops
+    if lithops.backend == "localhost":
+        return {
+            "lithops": {"backend": "localhost", "storage": "localhost", "log_level": "WARNING"},
+            "localhost": {"runtime": sys.executable, "worker_processes": execution.workers, "version": 1},
+        }
+    aws = lithops.aws_lambda
+    assert aws is not None  # the spec guarantees it
+    config: dict[str, Any] = {
+        "lithops": {"backend": "aws_lambda", "storage": "aws_s3", "log_level": "WARNING"},
+        "aws": {"region": aws.region},
+        "aws_lambda": {"execution_role": aws.execution_role, "region": aws.region, "runtime": aws.runtime,
+                       "runtime_memory": aws.runtime_memory, "runtime_timeout": aws.runtime_timeout},
+        "aws_s3": {"region": aws.region},
+    }
+    if aws.storage_bucket:
+        config["aws_s3"]["storage_bucket"] = aws.storage_bucket
+    return config
+
+
+@dataclass
+class LithopsExecutor(Executor):
+    """Lithops' FunctionExecutor: the localhost backend here, AWS Lambda by configuration."""
+
+    config: dict[str, Any] = field(default_factory=dict)
+    workers: int = 2
+    _fexec: Any = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return f"lithops/{self.config['lithops']['backend']}"
+
+    def map(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[Any]:
+        import lithops
+
+        if self._fexec is None:
+            self._fexec = lithops.FunctionExecutor(config=self.config)
+        futures = self._fexec.map(_call_packed, [((fn, args),) for args in calls])
+        results = self._fexec.get_result(futures, throw_except=False)
+        out: list[Any] = []
+        for future, result in zip(futures, results, strict=True):
+            # a failed call can report success: look at what came back
+            if getattr(future, "error", False) or isinstance(result, BaseException) or result is None:
+                out.append(CallFailed(f"lithops call failed: {result!r}"))
+            else:
+                out.append(result)
+        return out
+
+    def close(self) -> None:
+        if self._fexec is not None:
+            try:
+                self._fexec.clean(clean_cloudobjects=True)
+            except Exception:  # cleaning is best effort: the results are already in hand
+                pass
+            self._fexec = None
+
+
+def _call_packed(packed: tuple[Callable[..., Any], tuple[Any, ...]]) -> Any:
+    fn, args = packed
+    return fn(*args)
+
+
+def make_executor(execution: Execution) -> Executor:
+    """The executor a spec's ``execution`` section asks for."""
+    if execution.executor in ("threads", "processes"):
+        if execution.executor == "processes" and execution.workers == 1:
+            return Executor()
+        return PoolExecutor(kind=execution.executor, workers=execution.workers)
+    if execution.executor == "lithops":
+        return LithopsExecutor(config=lithops_config(execution), workers=execution.workers)
+    raise SpecError(f"unknown executor {execution.executor!r}", key="execution.executor")
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -1,0 +1,132 @@
+"""The ledger: which object is in the cube, at which etag and where, or why it was refused.
+
+It lives inside the repository, in the group ``_icefloe/``, and is written in the same commit as the
+references it describes, so "ingested" and "in the cube" cannot disagree. It is an append-only
+array of JSON rows, one per event (ingested, quarantined, removed); the newest row of a URL is its
+state. Appending a batch touches only the array's last chunks, so an ingest costs what its batch
+costs, however large the archive. The cube's schema is kept beside it, in the group's attributes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lib.validation import CubeSchema
+
+__all__ = ["LedgerRow", "append_rows", "read_ledger", "read_rows", "read_schema", "write_schema"]
+
+META_GROUP = "_icefloe"
+LEDGER_ARRAY = f"{META_GROUP}/ledger"
+LEDGER_CHUNK = 8192
+INGESTED, QUARANTINED, REMOVED = "ingested", "quarantined", "removed"
+
+
+@dataclass
+class LedgerRow:
+    """One event in an object's life in the cube."""
+
+    url: str
+    etag: str
+    status: str
+    size: int = 0
+    reason: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)
+    ranges: dict[str, list[int]] = field(default_factory=dict)
+    checksum: str = ""
+    parser: str = ""
+    format: str = ""
+    refs: int = 0
+    layout: str = ""
+    digests: dict[str, str] = field(default_factory=dict)
+    run: str = ""
+    at: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps({k: v for k, v in asdict(self).items() if v not in ("", {}, 0) or k in ("url", "status")},
+                          separators=(",", ":"), default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> LedgerRow:
+        data = json.loads(text)
+        data.setdefault("etag", "")
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _group(store: Any, create: bool = False) -> Any:
+    import zarr
+    from zarr.errors import GroupNotFoundError
+
+    try:
+        root = zarr.open_group(store, mode="r+" if create else "r", zarr_format=3)
+    except GroupNotFoundError:
+        if not create:
+            return None
+        root = zarr.open_group(store, mode="a", zarr_format=3)
+    if META_GROUP in root:
+        return root[META_GROUP]
+    if not create:
+        return None
+    return root.create_group(META_GROUP, attributes={"description": "icefloe's ledger and cube schema"})
+
+
+def read_rows(store: Any, start: int = 0) -> list[LedgerRow]:
+    """Ledger rows from position ``start`` on, oldest first."""
+    group = _group(store)
+    if group is None or "ledger" not in group:
+        return []
+    array = group["ledger"]
+    if array.shape[0] <= start:
+        return []
+    return [LedgerRow.from_json(str(text)) for text in array[start:]]
+
+
+def ledger_size(store: Any) -> int:
+    group = _group(store)
+    if group is None or "ledger" not in group:
+        return 0
+    return int(group["ledger"].shape[0])
+
+
+def read_ledger(store: Any) -> dict[str, LedgerRow]:
+    """Each object's current state: its newest row."""
+    return {row.url: row for row in read_rows(store)}
+
+
+def append_rows(store: Any, rows: list[LedgerRow]) -> int:
+    """Append rows in the session behind ``store``; returns the ledger's new length."""
+    if not rows:
+        return ledger_size(store)
+    group = _group(store, create=True)
+    if "ledger" not in group:
+        group.create_array("ledger", shape=(0,), chunks=(LEDGER_CHUNK,), dtype=str, fill_value="")
+    array = group["ledger"]
+    n = array.shape[0]
+    array.resize((n + len(rows),))
+    array[n:] = np.array([r.to_json() for r in rows], dtype=np.dtypes.StringDType())
+    return n + len(rows)
+
+
+def write_schema(store: Any, schema: CubeSchema, extra: dict[str, Any] | None = None) -> None:
+    group = _group(store, create=True)
+    group.update_attributes({"schema": schema.to_json(), **(extra or {})})
+
+
+def read_schema(store: Any) -> CubeSchema | None:
+    group = _group(store)
+    if group is None or "schema" not in group.attrs:
+        return None
+    return CubeSchema.from_json(dict(group.attrs["schema"]))
+
+
+def read_meta(store: Any) -> dict[str, Any]:
+    group = _group(store)
+    return dict(group.attrs) if group is not None else {}

@@ -1,0 +1,149 @@
+"""Parsing: one object in, one fragment out, whatever its format.
+
+The format is detected from the object's first bytes. HDF5 / netCDF-4 goes through the fast h5py
+parser (:mod:`lib.parsing.hdf5`) and falls back to VirtualiZarr's parser if the fast one fails;
+netCDF3 and FITS go through VirtualiZarr's parsers (:mod:`lib.parsing.reference`). Failures are
+sorted into transient ones (the store failed: retry) and permanent ones (the object is bad:
+quarantine), so a network blip never quarantines a good file.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from lib.errors import SourceError, StorageError
+from lib.parsing.formats import HEAD_BYTES, describe_head, detect_format
+from lib.parsing.fragment import ArrayFragment, Fragment
+from lib.parsing.policy import ParseOptions
+from lib.parsing.readers import read_head
+
+if TYPE_CHECKING:
+    from obspec_utils.registry import ObjectStoreRegistry
+
+    from lib.spec import StorageOptions
+
+__all__ = ["ArrayFragment", "Fragment", "ParseFailure", "ParseOptions", "SourceConfig", "parse_batch", "parse_source"]
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """How a worker reaches the source: the URL prefix and storage options (no credentials)."""
+
+    url: str
+    storage: StorageOptions | None = None
+
+
+@dataclass
+class ParseFailure:
+    """An object that did not parse: ``transient`` failures are retried, the others quarantined."""
+
+    url: str
+    reason: str
+    transient: bool = False
+    variable: str | None = None
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a failure came from the store (network, throttling, timeouts) rather than the bytes."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (StorageError, ConnectionError, TimeoutError)):
+            return True
+        module = type(current).__module__ or ""
+        if module.startswith("obstore") and not isinstance(current, FileNotFoundError):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+@lru_cache(maxsize=8)
+def _registry(config: SourceConfig) -> ObjectStoreRegistry:
+    from lib.storage import source_registry
+
+    return source_registry(config.url, config.storage)
+
+
+def parse_source(url: str, registry: ObjectStoreRegistry, options: ParseOptions) -> Fragment:
+    """Parse one object into a fragment.
+
+    Raises
+    ------
+    SourceError
+        The object is empty, of an unknown or unsupported format, or corrupt.
+    StorageError
+        The store failed while reading it; retrying may succeed.
+    """
+    try:
+        head = read_head(url, registry, HEAD_BYTES)
+    except FileNotFoundError as e:
+        raise SourceError(f"'{url}' disappeared before it could be parsed", url=url) from e
+    except Exception as e:
+        raise StorageError(f"cannot read '{url}': {type(e).__name__}: {e}") from e
+    fmt = detect_format(head)
+    if fmt is None:
+        raise SourceError(f"'{url}' is not a supported format: {describe_head(head)}", url=url)
+    if fmt in ("tiff", "grib"):
+        raise SourceError(f"'{url}' is {fmt.upper()}, which needs a parser plugin that is not installed", url=url)
+    errors: list[str] = []
+    if fmt == "hdf5" and options.fast:
+        from lib.parsing.hdf5 import parse_hdf5
+
+        try:
+            return parse_hdf5(url, registry, options)
+        except Exception as e:
+            if is_transient(e):
+                raise StorageError(f"reading '{url}' failed: {type(e).__name__}: {e}") from e
+            errors.append(f"fast parser: {_short(e)}")
+    from lib.parsing.reference import parse_with_virtualizarr
+
+    try:
+        fragment = parse_with_virtualizarr(url, fmt, registry, options)
+    except SourceError:
+        raise
+    except Exception as e:
+        if is_transient(e):
+            raise StorageError(f"reading '{url}' failed: {type(e).__name__}: {e}") from e
+        errors.append(f"VirtualiZarr: {_short(e)}")
+        raise SourceError(f"'{url}' cannot be parsed as {fmt}: {'; '.join(errors)}", url=url) from e
+    if errors:
+        fragment.notes.append(f"fell back to VirtualiZarr after the {errors[0]}")
+    return fragment
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
+
+
+def parse_batch(urls: list[str], source: SourceConfig, options: ParseOptions,
+                retries: int = 3, backoff: float = 0.5) -> list[Fragment | ParseFailure]:
+    """Parse a batch of objects, isolating failures per object.
+
+    This is what every executor runs in its workers: it takes plain values, builds its own store
+    registry, and returns one result per URL in order. Transient failures are retried with backoff
+    here; those that persist come back as transient ``ParseFailure`` so the caller can retry later.
+    """
+    registry = _registry(source)
+    results: list[Fragment | ParseFailure] = []
+    for url in urls:
+        for attempt in range(retries + 1):
+            try:
+                results.append(parse_source(url, registry, options))
+                break
+            except SourceError as e:
+                results.append(ParseFailure(url, str(e), variable=e.variable))
+                break
+            except StorageError as e:
+                if attempt == retries:
+                    results.append(ParseFailure(url, str(e), transient=True))
+                else:
+                    time.sleep(backoff * 2**attempt)
+            except MemoryError:
+                results.append(ParseFailure(url, f"'{url}' needs more memory to parse than this worker has"))
+                break
+    return results

@@ -1,0 +1,150 @@
+"""Fragments: what parsing one object yields, small enough to send between processes.
+
+A fragment holds, for every variable of one file, its Zarr v3 metadata (as the JSON document a
+``zarr.json`` would hold) and either its chunk references (byte offsets and lengths in the file, one
+per chunk of the file's own chunk grid) or, for native variables, its raw stored values.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ArrayFragment", "Fragment", "json_safe_attributes"]
+
+# CF attributes that change how stored values decode: they must agree across files of a variable.
+ENCODING_ATTRIBUTES = ("scale_factor", "add_offset", "units", "calendar", "_FillValue", "missing_value")
+
+
+@dataclass
+class ArrayFragment:
+    """One variable of one file.
+
+    ``metadata`` is the variable's ``zarr.json`` document for the file alone (shape, data_type,
+    chunk_grid, fill_value, codecs, attributes, dimension_names). Virtual variables carry ``offsets``
+    and ``lengths`` (uint64, shaped like the chunk grid; a length of 0 is a chunk the file never
+    wrote). Native variables carry ``values``: the raw stored values, not CF-decoded.
+    """
+
+    path: str
+    metadata: dict[str, Any]
+    offsets: np.ndarray | None = None
+    lengths: np.ndarray | None = None
+    values: np.ndarray | None = None
+    inlined: dict[tuple[int, ...], bytes] | None = None
+    storage: str = "chunked"
+
+    @property
+    def native(self) -> bool:
+        return self.values is not None
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def group(self) -> str:
+        return self.path.rsplit("/", 1)[0] if "/" in self.path else ""
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        return tuple(self.metadata.get("dimension_names") or ())
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.metadata["shape"])
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return tuple(self.metadata["chunk_grid"]["configuration"]["chunk_shape"])
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        return self.metadata.get("attributes") or {}
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        return tuple(math.ceil(s / c) if c else 0 for s, c in zip(self.shape, self.chunks, strict=True))
+
+    def encoding_signature(self) -> dict[str, Any]:
+        """The metadata that must agree across files for their refs to share one array."""
+        return {
+            "data_type": self.metadata["data_type"],
+            "chunks": list(self.chunks),
+            "codecs": self.metadata["codecs"],
+            "fill_value": self.metadata["fill_value"],
+            **{k: self.attributes.get(k) for k in ENCODING_ATTRIBUTES if k in self.attributes},
+        }
+
+    @property
+    def nbytes(self) -> int:
+        itemsize = np.dtype(self.values.dtype).itemsize if self.values is not None else 8
+        return math.prod(self.shape) * itemsize
+
+
+@dataclass
+class Fragment:
+    """Everything the cube needs from one object."""
+
+    url: str
+    format: str
+    parser: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+    groups: dict[str, dict[str, Any]] = field(default_factory=dict)
+    arrays: dict[str, ArrayFragment] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ref_count(self) -> int:
+        return sum(int(np.count_nonzero(a.lengths)) for a in self.arrays.values() if a.lengths is not None)
+
+
+def _safe_value(value: Any, where: str, notes: list[str]) -> Any:
+    """A JSON-safe form of one attribute value; values JSON cannot hold get a documented spelling.
+
+    NaN and ±infinity become the strings "NaN", "Infinity" and "-Infinity" (as Zarr v3 spells such
+    fill values), complex numbers a [real, imag] pair, bytes that are not UTF-8 a base64 string.
+    """
+    if isinstance(value, np.ndarray):
+        return [_safe_value(v, where, notes) for v in value.tolist()] if value.ndim else _safe_value(
+            value.item(), where, notes)
+    if isinstance(value, np.generic):
+        return _safe_value(value.item(), where, notes)
+    if isinstance(value, (list, tuple)):
+        return [_safe_value(v, where, notes) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _safe_value(v, where, notes) for k, v in value.items()}
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        notes.append(f"attribute {where} = {value!r} stored as a string")
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, complex):
+        notes.append(f"attribute {where} = {value!r} stored as [real, imag]")
+        return [_safe_value(value.real, where, notes), _safe_value(value.imag, where, notes)]
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            notes.append(f"attribute {where} is not UTF-8: stored as base64")
+            return base64.b64encode(value).decode("ascii")
+    notes.append(f"attribute {where} of type {type(value).__name__} stored as its text")
+    return str(value)
+
+
+def json_safe_attributes(attributes: dict[str, Any], owner: str, notes: list[str]) -> dict[str, Any]:
+    """Attributes Zarr's JSON metadata can hold, with every re-spelled value noted."""
+    out = {}
+    for key, value in attributes.items():
+        name = key if isinstance(key, str) else str(key)
+        out[name] = _safe_value(value, f"{owner}:{name}", notes)
+    # round-trip through JSON so the fragment holds exactly what a zarr.json will hold
+    return json.loads(json.dumps(out, allow_nan=False))

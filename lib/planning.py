@@ -1,0 +1,259 @@
+"""Planning: from parsed entries to a validated plan of what a run will write.
+
+It fixes the cube's schema (the existing cube's, or for a new cube the one most files share),
+quarantines every file that does not fit it -- with a reason naming the file, the variable and both
+sides -- re-encodes concat coordinates into the cube's encoding, and lays out the axes and each
+file's place. Nothing is written here; ``icefloe plan`` stops after this step.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from lib.errors import SpecError, StorageError
+from lib.layout import Axes, Occupied, Placement, plan_layout
+from lib.ledger import INGESTED, LedgerRow
+from lib.state import CubeState
+from lib.validation import CubeSchema, FileEntry, compare_schemas, cube_encoding, encode_concat_values
+
+if TYPE_CHECKING:
+    from lib.discovery import SourceObject
+    from lib.executors import Executor
+    from lib.parsing import ParseOptions, SourceConfig
+    from lib.spool import Spool
+
+__all__ = ["ParsedBatch", "Plan", "cube_sizes", "ledger_row", "parse_objects", "plan_update"]
+
+
+@dataclass
+class ParsedBatch:
+    """What parsing one batch yields, small enough to keep for the whole run."""
+
+    batch: int
+    entries: list[FileEntry] = field(default_factory=list)
+    schemas: dict[str, CubeSchema] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    transient: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    """What a run will write: the schema and axes, and each accepted file's place."""
+
+    schema: CubeSchema | None
+    axes: Axes
+    fresh: bool
+    placements: dict[str, Placement] = field(default_factory=dict)
+    entries: dict[str, FileEntry] = field(default_factory=dict)
+    quarantined: dict[str, str] = field(default_factory=dict)
+    batches: list[list[str]] = field(default_factory=list)
+    grows: bool = False
+    shared_source: str | None = None
+
+    @property
+    def accepted(self) -> int:
+        return len(self.placements)
+
+
+def cube_sizes(schema: CubeSchema | None, axes: Axes) -> dict[str, int]:
+    """Every dim of the cube with its length: pattern dims first, then the files' dims in order."""
+    if schema is None:
+        return {}
+    sizes = {d: len(v) for d, v in axes.pattern.items()}
+    for var in schema.variables.values():
+        for dim, size in zip(var.dims, var.shape, strict=True):
+            if dim in schema.concat:
+                sizes.setdefault(dim, int(axes.concat[dim].size) if dim in axes.concat else 0)
+            else:
+                sizes.setdefault(dim, int(size))
+    return sizes
+
+
+def _majority(keys: list[str]) -> str:
+    counts = Counter(keys)
+    best = max(counts.values())
+    return next(k for k in keys if counts[k] == best)  # ties: the first file's
+
+
+def _occupied(state: CubeState, replacing: set[str]) -> list[Occupied]:
+    out = []
+    for row in state.ledger.values():
+        if row.status != INGESTED or row.url in replacing:
+            continue
+        out.append(Occupied(row.url, tuple(row.fields.items()),
+                            tuple((d, int(a), int(b)) for d, (a, b) in row.ranges.items())))
+    return out
+
+
+def _cell_references(state: CubeState) -> dict[tuple[tuple[str, Any], ...], dict[str, str]]:
+    out: dict[tuple[tuple[str, Any], ...], dict[str, str]] = {}
+    for row in state.ledger.values():
+        if row.status == INGESTED and row.digests:
+            out.setdefault(tuple(row.fields.items()), row.digests)
+    return out
+
+
+def plan_update(state: CubeState, pattern: dict[str, str], concat: tuple[str, ...],
+                parsed: list[ParsedBatch], replacing: set[str] | None = None) -> Plan:
+    """Validate every parsed file against the cube and lay out the accepted ones.
+
+    Raises
+    ------
+    SpecError
+        The spec's pattern fields or concat dims differ from those the cube was built with.
+    """
+    replacing = replacing or set()
+    entries = [e for b in parsed for e in b.entries]
+    reps: dict[str, CubeSchema] = {}
+    for b in parsed:
+        for key, schema in b.schemas.items():
+            reps.setdefault(key, schema)
+    quarantined: dict[str, str] = {url: reason for b in parsed for url, reason in b.failed.items()}
+
+    schema = state.schema
+    if schema is not None and (schema.pattern != pattern or schema.concat != concat):
+        raise SpecError(f"the cube was built with pattern fields {list(schema.pattern)} and concat {list(schema.concat)}; "
+                        f"the spec now says {list(pattern)} and {list(concat)}: run `icefloe build` to rebuild it",
+                        key="source.pattern")
+    fresh = state.fresh
+    if schema is None:
+        if not entries:
+            return Plan(schema=None, axes=Axes(), fresh=True, quarantined=quarantined)
+        schema = reps[_majority([e.schema_key for e in entries])]
+
+    reasons: dict[str, str | None] = {}
+    accepted: list[FileEntry] = []
+    for e in entries:
+        if e.schema_key not in reasons:
+            reasons[e.schema_key] = compare_schemas(reps[e.schema_key], schema, "{url}")
+        reason = reasons[e.schema_key]
+        if reason is not None:
+            quarantined[e.url] = reason.replace("{url}", e.url)
+        else:
+            accepted.append(e)
+
+    if fresh:
+        for dim in concat:
+            first = next((e for e in accepted if dim in e.concat), None)
+            if first is not None:
+                schema.concat_encoding[dim] = cube_encoding(first.concat[dim], dim)
+        for path in list(schema.shared):
+            schema.shared[path] = _majority([e.shared[path] for e in accepted]) if accepted else schema.shared[path]
+    for dim in concat:
+        if dim not in schema.concat_encoding:
+            for e in accepted:
+                quarantined[e.url] = f"'{e.url}' has no coordinate variable for the concat dimension '{dim}'"
+            accepted = []
+            continue
+        failures = encode_concat_values(accepted, dim, schema.concat_encoding[dim])
+        quarantined.update(failures)
+        accepted = [e for e in accepted if e.url not in failures]
+
+    kept = []
+    for e in accepted:
+        bad = next((p for p, d in e.shared.items() if d != schema.shared.get(p)), None)
+        if bad is not None:
+            quarantined[e.url] = f"coordinate '{bad}' in '{e.url}' differs from the cube's '{bad}'"
+        else:
+            kept.append(e)
+    accepted = kept
+
+    cell_refs = _cell_references(state)
+    by_cell: dict[tuple[tuple[str, Any], ...], list[FileEntry]] = defaultdict(list)
+    for e in accepted:
+        by_cell[e.fields].append(e)
+    kept = []
+    for cell, members in by_cell.items():
+        reference = cell_refs.get(cell) or members[0].cell
+        holder = "the file already in the cube" if cell in cell_refs else f"'{members[0].url}'"
+        where = ", ".join(f"{k}={v!r}" for k, v in cell)
+        for e in members:
+            bad = next((p for p, d in e.cell.items() if reference.get(p, d) != d), None)
+            if bad is not None:
+                quarantined[e.url] = (f"variable '{bad}' in '{e.url}' differs from {holder} of the same cell "
+                                      f"({where or 'the whole cube'}); variables without a concat dim must be "
+                                      f"equal within a cell")
+            else:
+                kept.append(e)
+    accepted = sorted(kept, key=lambda e: (e.fields, e.url))
+
+    existing = None if fresh else state.axes
+    axes, placements, rejected = plan_layout(accepted, schema, existing, _occupied(state, replacing))
+    quarantined.update(rejected)
+    placed = {p.url: p for p in placements}
+    batches = [[e.url for e in b.entries if e.url in placed] for b in parsed]
+    grows = fresh or existing is None or axes.sizes() != existing.sizes()
+    return Plan(
+        schema=schema, axes=axes, fresh=fresh, placements=placed,
+        entries={e.url: e for e in accepted if e.url in placed}, quarantined=quarantined, batches=batches,
+        grows=grows, shared_source=next((e.url for e in accepted if e.url in placed), None) if fresh else None,
+    )
+
+
+def ledger_row(entry: FileEntry, placement: Placement, run: str, at: str) -> LedgerRow:
+    """The ledger row that records a placed file."""
+    return LedgerRow(
+        url=entry.url, etag=entry.etag, status=INGESTED, size=entry.size, fields=dict(entry.fields),
+        ranges={d: [a, b] for d, a, b in placement.ranges}, checksum=str(entry.checksum),
+        parser=entry.parser, format=entry.format, refs=entry.ref_count, run=run, at=at,
+        layout=entry.layout_key, digests=dict(entry.cell),
+    )
+
+
+def _split(items: list[Any], parts: int) -> list[list[Any]]:
+    size = max(1, -(-len(items) // max(parts, 1)))
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def parse_objects(objects: list[SourceObject], batch: int, source: SourceConfig, options: ParseOptions,
+                  executor: Executor, spool: Spool, pattern: dict[str, str]) -> ParsedBatch:
+    """Parse a batch of objects over the executor, spool their fragments, keep their entries.
+
+    A call whose worker died is retried one object at a time, so the object that kills a parser is
+    quarantined and the others still land.
+    """
+    from lib.executors import CallFailed
+    from lib.parsing import ParseFailure, parse_batch
+    from lib.storage import checksum_for
+    from lib.validation import summarize_fragment
+
+    by_url = {o.url: o for o in objects}
+    urls = list(by_url)
+    chunks = _split(urls, max(1, executor.workers) * 2)
+    results = executor.map(parse_batch, [(chunk, source, options) for chunk in chunks])
+    flat: list[Any] = []
+    for chunk, result in zip(chunks, results, strict=True):
+        if isinstance(result, CallFailed) and result.crashed:
+            singles = executor.map(parse_batch, [([url], source, options) for url in chunk])
+            if all(isinstance(s, CallFailed) and s.crashed for s in singles):
+                # every object kills its worker alone: the workers are broken, not the objects
+                raise StorageError(f"parser workers keep dying ({result.error}); no object was quarantined")
+            for url, single in zip(chunk, singles, strict=True):
+                if isinstance(single, CallFailed):
+                    reason = (f"'{url}' crashed the parser process ({single.error})" if single.crashed
+                              else single.error)
+                    flat.append(ParseFailure(url, reason, transient=not single.crashed))
+                else:
+                    flat.extend(single)
+        elif isinstance(result, CallFailed):
+            flat.extend(ParseFailure(url, result.error, transient=True) for url in chunk)
+        else:
+            flat.extend(result)
+
+    out = ParsedBatch(batch=batch)
+    fragments = []
+    for result in flat:
+        if isinstance(result, ParseFailure):
+            (out.transient if result.transient else out.failed)[result.url] = result.reason
+            continue
+        obj = by_url[result.url]
+        entry, schema = summarize_fragment(result, obj, checksum_for(obj.url, obj.etag, obj.last_modified),
+                                           pattern, options.concat)
+        entry.spool = (batch, len(fragments))
+        out.entries.append(entry)
+        out.schemas.setdefault(entry.schema_key, schema)
+        fragments.append(result)
+    spool.write(batch, fragments)
+    return out

@@ -1,0 +1,250 @@
+"""Checks run on the staging snapshot before it may be published.
+
+* structural: concat coordinates unique and monotonic, no gaps on axes the spec calls regular,
+  every array at the shape the axes say;
+* the spot check: sampled chunks read through the cube and, independently, from the source object
+  with the format's own library (h5py, scipy's netCDF reader, astropy) -- never through the same
+  references -- must be bit-for-bit identical;
+* data-quality expectations (Great Expectations), see :mod:`lib.expectations`.
+
+A finding that belongs to particular files quarantines them; a finding about the cube as a whole
+blocks the publish.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lib.assembly import cube_shape
+from lib.layout import Axes, Placement
+from lib.parsing.readers import open_source
+from lib.validation import CELL, DATA, CubeSchema, VariableSchema
+
+if TYPE_CHECKING:
+    from obspec_utils.registry import ObjectStoreRegistry
+
+__all__ = ["Finding", "SpotSample", "choose_samples", "spot_check", "structural_findings"]
+
+FILE, CUBE = "file", "cube"
+
+
+@dataclass
+class Finding:
+    """One failed check: ``scope`` is "file" (quarantine ``urls``) or "cube" (block the publish)."""
+
+    check: str
+    scope: str
+    message: str
+    urls: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"check": self.check, "scope": self.scope, "message": self.message, "urls": self.urls}
+
+
+@dataclass(frozen=True)
+class SpotSample:
+    """A file to spot-check: where it sits in the cube, its format, and its layout's key."""
+
+    placement: Placement
+    format: str
+    layout_key: str
+
+
+def choose_samples(candidates: Sequence[SpotSample], files: int | str, seed: int | None = None) -> list[SpotSample]:
+    """Every file if there are at most ``files`` (or ``files == "all"``), else a random ``files`` of
+    them -- always at least one file of each distinct layout."""
+    if files == "all" or len(candidates) <= int(files):
+        return list(candidates)
+    rng = random.Random(seed)
+    by_layout: dict[str, list[SpotSample]] = {}
+    for c in candidates:
+        by_layout.setdefault(c.layout_key, []).append(c)
+    picked = [rng.choice(group) for group in by_layout.values()]
+    rest = [c for c in candidates if all(c is not p for p in picked)]
+    picked += rng.sample(rest, max(0, min(len(rest), int(files) - len(picked))))
+    return picked
+
+
+def _regular_gaps(values: np.ndarray, attrs: dict[str, Any], dim: str) -> list[str]:
+    """Missing steps on a regular axis, described in decoded units."""
+    import pandas as pd
+    import xarray as xr
+    from xarray import conventions
+
+    if values.size < 3:
+        return []
+    decoded = conventions.decode_cf_variable(dim, xr.Variable((dim,), values, attrs)).values
+    if np.issubdtype(np.asarray(decoded).dtype, np.datetime64):
+        index = pd.DatetimeIndex(decoded)
+        if xr.infer_freq(index) is not None:
+            return []
+        steps = np.diff(index.asi8)
+    elif np.asarray(decoded).dtype.kind in "iuf":
+        steps = np.diff(np.asarray(decoded, dtype=float))
+    else:
+        try:
+            if xr.infer_freq(xr.CFTimeIndex(decoded)) is not None:
+                return []
+        except (TypeError, ValueError):
+            pass
+        steps = np.array([(b - a).total_seconds() for a, b in zip(decoded[:-1], decoded[1:], strict=True)])
+    positive = steps[steps > 0]
+    if positive.size == 0:
+        return []
+    step = np.median(positive)
+    gaps = []
+    for i, s in enumerate(steps):
+        if s > 1.5 * step:
+            missing = round(s / step) - 1
+            gaps.append(f"{missing} step(s) missing between {decoded[i]} and {decoded[i + 1]}")
+    return gaps
+
+
+def structural_findings(store: Any, schema: CubeSchema, axes: Axes, monotonic: Sequence[str],
+                        regular: Sequence[str]) -> list[Finding]:
+    """Cube-wide structural checks on the snapshot behind ``store``."""
+    import zarr
+
+    from lib.assembly import cube_dims
+
+    root = zarr.open_group(store, mode="r", zarr_format=3)
+    findings: list[Finding] = []
+    for dim in schema.concat:
+        if dim not in root:
+            findings.append(Finding("shape", CUBE, f"the concat coordinate '{dim}' is missing from the cube"))
+            continue
+        values = np.asarray(root[dim][...])
+        if dim in monotonic and values.size > 1 and not np.all(values[1:] > values[:-1]):
+            bad = int(np.argmax(values[1:] <= values[:-1]))
+            findings.append(Finding("monotonic", CUBE, f"coordinate '{dim}' is not strictly increasing at position "
+                                                      f"{bad + 1} ({values[bad]!r} then {values[bad + 1]!r})"))
+        if dim in regular:
+            attrs = dict(root[dim].attrs)
+            gaps = _regular_gaps(values, {k: v for k, v in attrs.items() if k in ("units", "calendar")}, dim)
+            if gaps:
+                findings.append(Finding("regular", CUBE, f"axis '{dim}' is declared regular but has gaps: "
+                                                        + "; ".join(gaps[:5]) + (" ..." if len(gaps) > 5 else "")))
+    for var in schema.variables.values():
+        want = cube_shape(var, schema, axes)
+        got = tuple(root[var.path].shape) if var.path in root else None
+        if got != want:
+            findings.append(Finding("shape", CUBE, f"array '{var.path}' has shape {got}; the axes say {want}"))
+        elif tuple(root[var.path].metadata.dimension_names or ()) != cube_dims(var, schema):
+            findings.append(Finding("shape", CUBE, f"array '{var.path}' has dims "
+                                                  f"{root[var.path].metadata.dimension_names}"))
+    return findings
+
+
+def _native_reader(fmt: str, handle: Any) -> Any:
+    """A function (path, region) → raw stored values, using the format's own library."""
+    if fmt == "hdf5":
+        import h5py
+
+        f = h5py.File(handle, "r")
+        return lambda path, region: np.asarray(f[path][region]), f.close
+    if fmt == "netcdf3":
+        from scipy.io import netcdf_file
+
+        f = netcdf_file(handle, "r", mmap=False, maskandscale=False)
+        return lambda path, region: np.array(f.variables[path][region]), f.close
+    if fmt == "fits":
+        from astropy.io import fits
+
+        hdus = fits.open(handle, memmap=False, do_not_scale_image_data=True)
+        names: dict[str, int] = {}
+        for index, hdu in enumerate(hdus):
+            name = hdu.name or str(index)
+            names[name if name not in names else f"{name}_{index}"] = index
+        return lambda path, region: np.asarray(hdus[names[path]].data)[region], hdus.close
+    raise ValueError(f"no native reader for {fmt}")
+
+
+def _as_cube_values(raw: np.ndarray, var: VariableSchema) -> np.ndarray:
+    """Apply value-changing codecs (FITS scaling) the way the cube's codec pipeline does."""
+    for codec in var.metadata["codecs"]:
+        if codec["name"] == "numcodecs.fixedscaleoffset":
+            from numcodecs import FixedScaleOffset
+
+            conf = codec["configuration"]
+            raw = FixedScaleOffset(**conf).decode(np.ascontiguousarray(raw, dtype=conf["astype"]).tobytes())
+    return raw
+
+
+def _identical(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.shape != b.shape:
+        return False
+    if a.dtype.kind == "f" and b.dtype.kind == "f":
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        return bool(np.array_equal(a64, b64, equal_nan=True))
+    return bool(np.array_equal(a, b))
+
+
+def spot_check(store: Any, schema: CubeSchema, samples: Sequence[SpotSample], registry: ObjectStoreRegistry,
+               url_of: dict[str, str] | None = None, chunks_per_variable: int = 1,
+               seed: int | None = None) -> list[Finding]:
+    """Compare sampled chunks read through the cube with the same data read from each source object.
+
+    Returns one file-scoped finding per object whose values differ or cannot be read back.
+    """
+    import zarr
+
+    rng = random.Random(seed)
+    root = zarr.open_group(store, mode="r", zarr_format=3)
+    findings: list[Finding] = []
+    variables = [v for v in schema.by_role(DATA, CELL) if v.kind == "virtual"]
+    for sample in samples:
+        p = sample.placement
+        problem = None
+        try:
+            with open_source(p.url, registry) as handle:
+                read, close = _native_reader(sample.format, handle)
+                try:
+                    for var in variables:
+                        problem = _check_variable(root, var, schema, p, read, rng, chunks_per_variable)
+                        if problem:
+                            break
+                finally:
+                    close()
+        except Exception as e:  # a file that cannot be read back natively cannot be vouched for
+            problem = f"it could not be read back with its own library ({type(e).__name__}: {e})"
+        if problem:
+            findings.append(Finding("spot_check", FILE, f"'{p.url}': {problem}", [p.url]))
+    return findings
+
+
+def _check_variable(root: Any, var: VariableSchema, schema: CubeSchema, p: Placement, read: Any,
+                    rng: random.Random, count: int) -> str | None:
+    file_shape = []
+    for dim, size in zip(var.dims, var.shape, strict=True):
+        if dim in schema.concat:
+            a, b = p.range_of(dim)
+            file_shape.append(b - a)
+        else:
+            file_shape.append(size)
+    grid = [math.ceil(s / c) for s, c in zip(file_shape, var.chunks, strict=True)]
+    indices = list(np.ndindex(*grid)) if grid else [()]
+    for index in rng.sample(indices, min(count, len(indices))):
+        file_region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in
+                            zip(index, var.chunks, file_shape, strict=True))
+        cube_region: list[Any] = list(p.cell) if var.role in (DATA, CELL) else []
+        for dim, region in zip(var.dims, file_region, strict=True):
+            offset = p.range_of(dim)[0] if dim in schema.concat else 0
+            cube_region.append(slice(region.start + offset, region.stop + offset))
+        got = np.asarray(root[var.path][tuple(cube_region)])
+        want = _as_cube_values(read(var.path, file_region), var)
+        if not _identical(got, np.asarray(want)):
+            where = ", ".join(f"{d} {r.start}:{r.stop}" for d, r in zip(var.dims, file_region, strict=True))
+            return (f"parser returned different values for variable '{var.path}' ({where or 'scalar'}): "
+                    f"the cube reads {_preview(got)}, the file holds {_preview(np.asarray(want))}")
+    return None
+
+
+def _preview(values: np.ndarray) -> str:
+    flat = values.ravel()
+    return np.array2string(flat[:4], precision=6, separator=", ") + ("..." if flat.size > 4 else "")

@@ -1,0 +1,177 @@
+"""The cube's Icechunk repository: opening it, its branches, commits and the publish step.
+
+Readers only ever see ``main``. Writers work on the staging branch and ``main`` moves only by a
+compare-and-swap fast-forward to the exact snapshot the checks ran on. Every branch move is a
+compare-and-swap, so a writer that lost a race notices (:class:`~lib.errors.ConflictError`) and
+re-plans instead of overwriting the winner's work.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from lib.errors import ConflictError, StorageError
+from lib.storage import container_credentials, repo_storage, virtual_containers
+
+if TYPE_CHECKING:
+    import icechunk
+
+    from lib.spec import Spec
+
+__all__ = ["BranchState", "commit_session", "history", "is_ancestor", "open_repository", "publish",
+           "reset_branch", "set_manifest_splitting"]
+
+os.environ.setdefault("ICECHUNK_LOG", "error")  # a local repository warns about concurrent commits otherwise
+
+# Manifests are split along concat dims so an append rewrites only the newest split.
+REFS_PER_MANIFEST = 500_000
+
+
+def _config(spec: Spec, existing: icechunk.RepositoryConfig | None = None) -> icechunk.RepositoryConfig:
+    import icechunk
+
+    config = existing or icechunk.RepositoryConfig.default()
+    for container in virtual_containers(spec):
+        config.set_virtual_chunk_container(container)
+    return config
+
+
+def open_repository(spec: Spec, *, create: bool = False) -> icechunk.Repository | None:
+    """Open the cube's repository, or create it (``create``); None if it does not exist.
+
+    The source prefix is registered as the only virtual chunk container; read credentials come
+    from the environment at open time and are never stored in the repository.
+
+    Raises
+    ------
+    StorageError
+        The repository's storage cannot be reached.
+    """
+    import icechunk
+
+    storage = repo_storage(spec)
+    try:
+        exists = icechunk.Repository.exists(storage)
+        if not exists:
+            if not create:
+                return None
+            return icechunk.Repository.create(storage, _config(spec),
+                                              authorize_virtual_chunk_access=container_credentials(spec))
+        stored = icechunk.Repository.fetch_config(storage)
+        prefixes = set((stored.virtual_chunk_containers or {}) if stored else {})
+        wanted = {c.url_prefix for c in virtual_containers(spec)}
+        config = _config(spec, stored) if not wanted <= prefixes else None
+        repo = icechunk.Repository.open(storage, config=config,
+                                        authorize_virtual_chunk_access=container_credentials(spec))
+        if config is not None and create:
+            repo.save_config()
+        return repo
+    except icechunk.IcechunkError as e:
+        raise StorageError(f"cannot open the repository {spec.repo.url}: {e}") from e
+
+
+def set_manifest_splitting(repo: icechunk.Repository, split: dict[str, int]) -> None:
+    """Split manifests along the given dims (dim → chunks per split) for every later commit."""
+    import icechunk as ic
+
+    if not split:
+        return
+    conditions = {ic.ManifestSplitDimCondition.DimensionName(dim): size for dim, size in split.items()}
+    config = repo.config
+    config.manifest = ic.ManifestConfig(
+        splitting=ic.ManifestSplittingConfig.from_dict({ic.ManifestSplitCondition.AnyArray(): conditions}))
+    repo = repo.reopen(config=config)
+    repo.save_config()
+
+
+@dataclass(frozen=True)
+class BranchState:
+    main: str
+    staging: str
+
+
+def branch_state(repo: icechunk.Repository, spec: Spec) -> BranchState:
+    """The tips of main and staging, creating staging at main's tip if it does not exist."""
+    main = repo.lookup_branch(spec.repo.branch)
+    try:
+        staging = repo.lookup_branch(spec.repo.staging)
+    except Exception:
+        repo.create_branch(spec.repo.staging, main)
+        staging = main
+    return BranchState(main=main, staging=staging)
+
+
+def reset_branch(repo: icechunk.Repository, branch: str, to: str, expected: str) -> None:
+    """Move a branch to ``to`` only if it still points at ``expected`` (compare-and-swap).
+
+    Raises
+    ------
+    ConflictError
+        The branch moved since it was read.
+    """
+    import icechunk
+
+    if to == expected:
+        return
+    try:
+        repo.reset_branch(branch, to, from_snapshot_id=expected)
+    except icechunk.IcechunkError as e:
+        current = _tip_or_none(repo, branch)
+        if current != expected:
+            raise ConflictError(f"branch '{branch}' moved to {current} while this run expected {expected}") from e
+        raise StorageError(f"cannot move branch '{branch}': {e}") from e
+
+
+def _tip_or_none(repo: icechunk.Repository, branch: str) -> str | None:
+    try:
+        return repo.lookup_branch(branch)
+    except Exception:
+        return None
+
+
+def commit_session(session: icechunk.Session, message: str, metadata: dict[str, Any]) -> str:
+    """Commit a session; a conflict (another writer committed first) becomes a ConflictError."""
+    import icechunk
+
+    try:
+        return session.commit(message, metadata=metadata, allow_empty=True)
+    except icechunk.ConflictError as e:
+        raise ConflictError(f"another writer committed to '{session.branch}' first: {e}") from e
+    except icechunk.IcechunkError as e:
+        raise StorageError(f"commit to '{session.branch}' failed: {e}") from e
+
+
+def is_ancestor(repo: icechunk.Repository, ancestor: str, snapshot: str) -> bool:
+    """Whether ``ancestor`` is in the history of ``snapshot`` (or is it)."""
+    return any(info.id == ancestor for info in repo.ancestry(snapshot_id=snapshot))
+
+
+def publish(repo: icechunk.Repository, spec: Spec, checked: str, main_at_start: str) -> None:
+    """Fast-forward main to the checked snapshot, if main is still where the run found it.
+
+    Raises
+    ------
+    ConflictError
+        Main moved since the run started, or the checked snapshot does not descend from it.
+    """
+    if not is_ancestor(repo, main_at_start, checked):
+        raise ConflictError(f"snapshot {checked} does not descend from main's tip {main_at_start}")
+    reset_branch(repo, spec.repo.branch, checked, main_at_start)
+
+
+def history(repo: icechunk.Repository, branch: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """A branch's snapshots, newest first, with their message and icefloe metadata."""
+    out = []
+    for info in repo.ancestry(branch=branch):
+        out.append({
+            "snapshot": info.id,
+            "parent": info.parent_id,
+            "written_at": info.written_at.isoformat(),
+            "message": info.message,
+            "metadata": dict(info.metadata or {}),
+        })
+        if limit is not None and len(out) >= limit:
+            break
+    return out

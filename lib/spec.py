@@ -1,0 +1,289 @@
+"""The cube spec: YAML validated strictly into frozen pydantic models.
+
+Only ``name``, ``source.url``, ``source.pattern`` and ``repo.url`` are required; every other key has a
+default. Unknown keys are errors that name the key, so a typo never turns into a silent default.
+Credentials never live here: they come from the environment / AWS credential chain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lib.errors import SpecError
+
+__all__ = ["Spec", "load_spec", "spec_digest"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageOptions(_Frozen):
+    """How to reach an S3-compatible object store. Credentials come from the environment."""
+
+    endpoint: str | None = None
+    region: str | None = None
+    path_style: bool = False
+    anonymous: bool = False
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_is_http(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/]+", value):
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value.rstrip("/") if value else value
+
+    @property
+    def allow_http(self) -> bool:
+        """Plain HTTP is allowed exactly when the endpoint says so."""
+        return bool(self.endpoint and self.endpoint.startswith("http://"))
+
+
+def _check_url(value: str, *, directory: bool) -> str:
+    """Normalise a ``file://`` or ``s3://`` URL; a directory URL gets a trailing slash."""
+    if value.startswith("file://"):
+        path = value.removeprefix("file://")
+        if not path.startswith("/"):
+            raise ValueError(f"a file:// URL needs an absolute path (file:///data/...), got {value!r}")
+        parts = Path(path).parts
+        if ".." in parts:
+            raise ValueError(f"must not contain '..', got {value!r}")
+    elif value.startswith("s3://"):
+        rest = value.removeprefix("s3://")
+        bucket = rest.split("/", 1)[0]
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", bucket):
+            raise ValueError(f"{bucket!r} is not a valid S3 bucket name")
+        if ".." in rest.split("/"):
+            raise ValueError(f"must not contain '..', got {value!r}")
+    else:
+        raise ValueError(f"must be a file:// or s3:// URL, got {value!r}")
+    if directory and not value.endswith("/"):
+        value += "/"
+    return value
+
+
+class Source(_Frozen):
+    """Where the archive lives and which of its objects belong to the cube."""
+
+    url: str
+    pattern: str
+    storage: StorageOptions | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _check_url(value, directory=True)
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        from lib.discovery import compile_pattern  # the grammar lives with discovery
+
+        compile_pattern(value)
+        return value
+
+
+class Variables(_Frozen):
+    """Which variables to leave out, and which to store as native chunks instead of references.
+
+    ``native: auto`` loads dimension coordinates, scalars and datasets whose bytes cannot be
+    referenced (compact or unallocated storage); ``none`` loads only the concat coordinates, which
+    are always native because each file may encode them differently.
+    """
+
+    drop: tuple[str, ...] = ()
+    native: Literal["auto", "none"] | tuple[str, ...] = "auto"
+
+
+class Repo(_Frozen):
+    """The Icechunk repository that holds the cube."""
+
+    url: str
+    storage: StorageOptions | None = None
+    branch: str = "main"
+    staging: str = "ingest"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _check_url(value, directory=False).rstrip("/")
+
+    @model_validator(mode="after")
+    def _branches_differ(self) -> Repo:
+        if self.branch == self.staging:
+            raise ValueError(f"branch and staging must differ, both are {self.branch!r}")
+        return self
+
+
+class AwsLambda(_Frozen):
+    """Lithops' aws_lambda backend: what `lithops runtime build/deploy` and the executor need."""
+
+    execution_role: str
+    region: str
+    runtime: str = "icefloe-lambda-runtime"
+    runtime_memory: int = 1024
+    runtime_timeout: int = 600
+    storage_bucket: str | None = None
+
+
+class Lithops(_Frozen):
+    backend: Literal["localhost", "aws_lambda"] = "localhost"
+    aws_lambda: AwsLambda | None = None
+
+    @model_validator(mode="after")
+    def _lambda_needs_config(self) -> Lithops:
+        if self.backend == "aws_lambda" and self.aws_lambda is None:
+            raise ValueError("backend aws_lambda needs an aws_lambda: {execution_role, region, ...} section")
+        return self
+
+
+class Execution(_Frozen):
+    executor: Literal["threads", "processes", "lithops"] = "processes"
+    workers: Annotated[int, Field(ge=1, le=1000)] = Field(default_factory=lambda: os.cpu_count() or 2)
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 500
+    lithops: Lithops = Lithops()
+
+
+class SpotCheck(_Frozen):
+    """Sampled chunks read through the cube and, independently, from the source file."""
+
+    files: Literal["all"] | Annotated[int, Field(ge=0)] = 100
+    chunks_per_variable: Annotated[int, Field(ge=1)] = 1
+
+
+class Expectation(_Frozen):
+    """A Great Expectations expectation on a variable's values.
+
+    On a coordinate it is checked once on the whole axis (a failure blocks the publish); on a data
+    variable it is checked on each spot-checked file's sampled chunks (a failure quarantines the file).
+    """
+
+    type: str
+    variable: str
+    kwargs: dict[str, Any] = {}
+
+    @field_validator("type")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if not re.fullmatch(r"expect_[a-z0-9_]+", value):
+            raise ValueError(f"must name a Great Expectations expectation (expect_...), got {value!r}")
+        return value
+
+
+class Checks(_Frozen):
+    monotonic: tuple[str, ...] = ("time",)
+    regular: tuple[str, ...] = ("time",)
+    spot_check: SpotCheck = SpotCheck()
+    expectations: tuple[Expectation, ...] = ()
+
+
+class Spec(_Frozen):
+    """One cube: where its objects come from, how they combine, where the cube lives."""
+
+    name: str
+    source: Source
+    concat: tuple[str, ...] = ()
+    variables: Variables = Variables()
+    repo: Repo
+    execution: Execution = Execution()
+    checks: Checks = Checks()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", value):
+            raise ValueError(f"must be lowercase letters, digits, '-' or '_' (deployment names use it), got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _fields_are_not_concat_dims(self) -> Spec:
+        from lib.discovery import compile_pattern
+
+        fields = compile_pattern(self.source.pattern).fields
+        clash = sorted(set(fields) & set(self.concat))
+        if clash:
+            raise ValueError(f"pattern fields {clash} are also listed in concat")
+        if len(set(self.concat)) != len(self.concat):
+            raise ValueError(f"concat lists a dimension twice: {list(self.concat)}")
+        return self
+
+    @property
+    def repo_storage(self) -> StorageOptions | None:
+        """The repository's storage options; they default to the source's."""
+        return self.repo.storage or self.source.storage
+
+
+def _key_of(error: dict[str, Any]) -> str:
+    return ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
+
+
+def _describe(exc: ValidationError) -> tuple[str, str]:
+    """One line per problem, naming the dotted key; returns (message, first key)."""
+    lines, first = [], ""
+    for error in exc.errors():
+        key = _key_of(error)
+        first = first or key
+        if error["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{key}'")
+        elif error["type"] == "missing":
+            lines.append(f"missing required key '{key}'")
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            lines.append(f"'{key}': {message}" if key else message)
+    return "; ".join(lines), first
+
+
+def load_spec(source: str | Path) -> Spec:
+    """Read a spec from a YAML file path or from YAML text.
+
+    Parameters
+    ----------
+    source
+        A path to a YAML file, or the YAML text itself (anything containing a newline or a colon
+        that is not an existing file).
+
+    Returns
+    -------
+    Spec
+        The validated, frozen spec.
+
+    Raises
+    ------
+    SpecError
+        The file is missing, is not YAML, or does not validate; the message names the key.
+    """
+    text: str
+    where = "spec"
+    path = Path(source) if not isinstance(source, str) or "\n" not in source else None
+    if path is not None and (path.suffix in (".yaml", ".yml") or path.exists()):
+        if not path.is_file():
+            raise SpecError(f"spec file {str(path)!r} does not exist")
+        text, where = path.read_text(encoding="utf-8"), str(path)
+    else:
+        text = str(source)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError(f"{where} is not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{where} must be a YAML mapping with at least name, source and repo")
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as e:
+        message, key = _describe(e)
+        raise SpecError(f"{where}: {message}", key=key) from None
+
+
+def spec_digest(spec: Spec) -> str:
+    """A short, stable digest of what decides the cube's shape (source, pattern, concat, variables)."""
+    keyed = spec.model_dump(include={"source", "concat", "variables"}, mode="json")
+    return hashlib.sha256(repr(sorted(keyed.items())).encode()).hexdigest()[:16]

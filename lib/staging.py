@@ -1,0 +1,180 @@
+"""Writing a run to the staging branch: a prepare commit, one commit per batch, the checks, and the
+commit that takes quarantined files back out.
+
+Each commit carries the references, native values and ledger rows of its batch together, with
+metadata naming the run and what it did (never credentials). Every commit records the main snapshot
+the run started from, so a rerun after a crash can tell whether staging's work can be resumed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from lib.assembly import BatchItem, clear_blocks, place_batch, prepare_arrays
+from lib.layout import Placement
+from lib.ledger import INGESTED, QUARANTINED, LedgerRow, append_rows, now, read_rows, write_schema
+from lib.planning import Plan, ledger_row
+from lib.quality import Finding, SpotSample, choose_samples, spot_check, structural_findings
+from lib.repository import commit_session, set_manifest_splitting
+from lib.spool import Spool
+from lib.state import CubeState, read_axes
+
+if TYPE_CHECKING:
+    import icechunk
+    from obspec_utils.registry import ObjectStoreRegistry
+
+    from lib.spec import Spec
+
+__all__ = ["RunInfo", "check_staging", "commit_batch", "commit_prepare", "commit_quarantine", "manifest_split",
+           "quarantine_rows", "rows_since"]
+
+REFS_PER_MANIFEST = 500_000
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Who is writing: the run's id, its Prefect flow run (if any) and the operation."""
+
+    run_id: str
+    operation: str
+    flow_run: str | None = None
+
+
+def _metadata(state: CubeState, run: RunInfo, stage: str, **counts: Any) -> dict[str, Any]:
+    meta = {"operation": run.operation, "stage": stage, "run": run.run_id, "main_at_start": state.main,
+            "spec": state.spec_digest, "ledger_base": state.ledger_base, **counts}
+    if run.flow_run:
+        meta["flow_run"] = run.flow_run
+    return {"icefloe": meta}
+
+
+def manifest_split(plan: Plan) -> dict[str, int]:
+    """Chunks per manifest split along each concat dim, so a manifest holds about half a million refs."""
+    assert plan.schema is not None
+    split: dict[str, int] = {}
+    for dim in plan.schema.concat:
+        per_step = 0
+        for var in plan.schema.by_role("data"):
+            if var.kind != "virtual" or dim not in var.dims:
+                continue
+            cells = 1
+            for d, n in plan.axes.pattern.items():
+                cells *= max(len(n), 1)
+            grid = 1
+            for d, size, chunk in zip(var.dims, var.shape, var.chunks, strict=True):
+                grid *= 1 if d in plan.schema.concat else -(-size // chunk)
+            per_step += cells * grid
+        if per_step:
+            split[dim] = max(1, REFS_PER_MANIFEST // per_step)
+    return split
+
+
+def quarantine_rows(reasons: dict[str, str], etags: dict[str, str], run: RunInfo, at: str) -> list[LedgerRow]:
+    return [LedgerRow(url=url, etag=etags.get(url, ""), status=QUARANTINED, reason=reason, run=run.run_id, at=at)
+            for url, reason in reasons.items()]
+
+
+def commit_prepare(repo: icechunk.Repository, spec: Spec, state: CubeState, plan: Plan, spool: Spool,
+                   run: RunInfo, etags: dict[str, str]) -> str:
+    """Create (or grow) the cube's arrays and record this run's quarantined files; returns the snapshot."""
+    assert plan.schema is not None
+    if plan.fresh:
+        set_manifest_splitting(repo, manifest_split(plan))
+    session = repo.writable_session(spec.repo.staging)
+    shared = {}
+    if plan.fresh and plan.shared_source:
+        entry = plan.entries[plan.shared_source]
+        fragment = next(f for f in spool.read(entry.spool[0]) if f.url == entry.url)
+        shared = {v.path: fragment for v in plan.schema.by_role("shared")}
+    if plan.grows:
+        prepare_arrays(session.store, plan.schema, plan.axes, fresh=plan.fresh, shared=shared)
+    write_schema(session.store, plan.schema, extra={"spec": state.spec_digest})
+    append_rows(session.store, quarantine_rows(plan.quarantined, etags, run, now()))
+    return commit_session(session, f"{run.operation}: prepare {plan.accepted} object(s), "
+                                   f"{len(plan.quarantined)} quarantined",
+                          _metadata(state, run, "prepare", planned=plan.accepted, quarantined=len(plan.quarantined),
+                                    batches=len(plan.batches)))
+
+
+def commit_batch(repo: icechunk.Repository, spec: Spec, state: CubeState, plan: Plan, spool: Spool, batch: int,
+                 run: RunInfo, workers: int = 2) -> tuple[str | None, int]:
+    """Place one batch's references and ledger rows in one staging commit; returns (snapshot, refs)."""
+    assert plan.schema is not None
+    urls = set(plan.batches[batch])
+    if not urls:
+        return None, 0
+    fragments = [f for f in spool.read(batch) if f.url in urls]
+    items = [BatchItem(plan.placements[f.url], f, plan.entries[f.url].checksum) for f in fragments]
+    session = repo.writable_session(spec.repo.staging)
+    refs = place_batch(session, plan.schema, items, workers=workers)
+    at = now()
+    append_rows(session.store, [ledger_row(plan.entries[i.placement.url], i.placement, run.run_id, at) for i in items])
+    snapshot = commit_session(session, f"{run.operation}: batch {batch + 1}/{len(plan.batches)}, "
+                                       f"{len(items)} object(s), {refs} refs",
+                              _metadata(state, run, "batch", batch=batch + 1, batches=len(plan.batches),
+                                        ingested=len(items), refs=refs))
+    return snapshot, refs
+
+
+def rows_since(repo: icechunk.Repository, spec: Spec, state: CubeState) -> list[LedgerRow]:
+    """The ledger rows this update added on staging (resumed batches included)."""
+    store = repo.readonly_session(branch=spec.repo.staging).store
+    return read_rows(store, state.ledger_base)
+
+
+def current_rows(rows: list[LedgerRow]) -> dict[str, LedgerRow]:
+    return {r.url: r for r in rows}
+
+
+def check_staging(repo: icechunk.Repository, spec: Spec, state: CubeState, registry: ObjectStoreRegistry,
+                  seed: int | None = None) -> tuple[str, list[Finding]]:
+    """Run the structural checks and the spot check on staging's tip; returns (snapshot, findings)."""
+    from lib.ledger import read_schema
+
+    snapshot = repo.lookup_branch(spec.repo.staging)
+    store = repo.readonly_session(snapshot_id=snapshot).store
+    schema = read_schema(store)
+    if schema is None:
+        return snapshot, []
+    axes = read_axes(store, schema)
+    findings = structural_findings(store, schema, axes, spec.checks.monotonic, spec.checks.regular)
+    added = [r for r in current_rows(read_rows(store, state.ledger_base)).values() if r.status == INGESTED]
+    candidates = [SpotSample(Placement(r.url, axes.cell_of(r.fields.items()),
+                                       tuple((d, a, b) for d, (a, b) in r.ranges.items())), r.format, r.layout)
+                  for r in added]
+    samples = choose_samples(candidates, spec.checks.spot_check.files, seed=seed)
+    findings += spot_check(store, schema, samples, registry,
+                           chunks_per_variable=spec.checks.spot_check.chunks_per_variable, seed=seed)
+    return snapshot, findings
+
+
+def commit_quarantine(repo: icechunk.Repository, spec: Spec, state: CubeState, run: RunInfo,
+                      reasons: dict[str, str], status: str = QUARANTINED) -> str:
+    """Take files back out of the staged cube (refs and native values reset) and record why."""
+    from lib.ledger import read_ledger, read_schema
+
+    session = repo.writable_session(spec.repo.staging)
+    store = session.store
+    schema = read_schema(store)
+    assert schema is not None
+    axes = read_axes(store, schema)
+    ledger = read_ledger(store)
+    placements, rows = [], []
+    at = now()
+    for url, reason in reasons.items():
+        row = ledger.get(url)
+        if row is None or row.status != INGESTED:
+            continue
+        placements.append(Placement(url, axes.cell_of(row.fields.items()),
+                                    tuple((d, a, b) for d, (a, b) in row.ranges.items())))
+        rows.append(LedgerRow(url=url, etag=row.etag, status=status, size=row.size, reason=reason, run=run.run_id,
+                              at=at, fields=row.fields))
+    taken = {p.url for p in placements}
+    remaining = {axes.cell_of(r.fields.items()) for r in ledger.values() if r.status == INGESTED and r.url not in taken}
+    clear_blocks(store, schema, placements, cells_emptied={p.cell for p in placements} - remaining)
+    append_rows(store, rows)
+    verb = "quarantine" if status == QUARANTINED else "remove"
+    return commit_session(session, f"{run.operation}: {verb} {len(rows)} object(s)",
+                          _metadata(state, run, verb, quarantined=len(rows)))
+

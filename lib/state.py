@@ -1,0 +1,96 @@
+"""Where a run starts: the branches' tips, whether unfinished work can be resumed, and what the cube
+already holds (schema, axes, ledger).
+
+A run works on the staging branch. If staging holds unfinished work of the same kind, on top of
+main's current tip and for the same spec, the run resumes it (a crash loses at most one batch);
+otherwise staging is brought back to main's tip with a compare-and-swap and the run starts clean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lib.layout import Axes
+from lib.ledger import LedgerRow, ledger_size, read_ledger, read_schema
+from lib.repository import branch_state, reset_branch
+from lib.spec import Spec, spec_digest
+from lib.validation import CubeSchema
+
+if TYPE_CHECKING:
+    import icechunk
+
+__all__ = ["CubeState", "open_cube", "read_axes", "run_metadata"]
+
+
+@dataclass
+class CubeState:
+    """What a run knows about the cube when it starts."""
+
+    operation: str
+    main: str
+    staging: str
+    resumed: bool
+    fresh: bool
+    schema: CubeSchema | None
+    axes: Axes | None
+    ledger: dict[str, LedgerRow] = field(default_factory=dict)
+    ledger_base: int = 0
+    spec_digest: str = ""
+
+
+def run_metadata(snapshot_info: Any) -> dict[str, Any]:
+    """The icefloe part of a commit's metadata (empty for commits icefloe did not make)."""
+    meta = dict(getattr(snapshot_info, "metadata", None) or {})
+    value = meta.get("icefloe")
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def read_axes(store: Any, schema: CubeSchema) -> Axes:
+    """The cube's axes as its coordinate arrays hold them."""
+    import zarr
+
+    root = zarr.open_group(store, mode="r", zarr_format=3)
+    axes = Axes()
+    for dim, kind in schema.pattern.items():
+        values = np.asarray(root[dim][...]) if dim in root else np.zeros(0)
+        axes.pattern[dim] = [int(v) if kind == "int" else str(v) for v in values.tolist()]
+    for dim in schema.concat:
+        axes.concat[dim] = np.asarray(root[dim][...]) if dim in root else np.zeros(0)
+    return axes
+
+
+def open_cube(repo: icechunk.Repository, spec: Spec, operation: str) -> CubeState:
+    """Decide between resuming staging and starting clean, and read the cube's state.
+
+    Raises
+    ------
+    ConflictError
+        Staging moved while it was being reset (another writer is active).
+    """
+    digest = spec_digest(spec)
+    tips = branch_state(repo, spec)
+    meta = run_metadata(repo.lookup_snapshot(tips.staging)) if tips.staging != tips.main else {}
+    resumable = (
+        tips.staging != tips.main
+        and meta.get("main_at_start") == tips.main
+        and meta.get("spec") == digest
+        and (operation == "ingest" or meta.get("operation") == "build")
+    )
+    staging = tips.staging
+    if not resumable and staging != tips.main:
+        reset_branch(repo, spec.repo.staging, tips.main, expected=staging)
+        staging = tips.main
+    store = repo.readonly_session(snapshot_id=staging).store
+    schema = read_schema(store)
+    fresh = schema is None or (operation == "build" and not resumable)
+    if fresh:
+        return CubeState(operation, tips.main, staging, resumed=False, fresh=True, schema=None, axes=None,
+                         ledger={}, ledger_base=0, spec_digest=digest)
+    assert schema is not None
+    base = int(meta.get("ledger_base", 0)) if resumable else ledger_size(store)
+    return CubeState(operation, tips.main, staging, resumed=resumable, fresh=False, schema=schema,
+                     axes=read_axes(store, schema), ledger=read_ledger(store), ledger_base=base,
+                     spec_digest=digest)

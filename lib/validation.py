@@ -1,0 +1,365 @@
+"""Validation: does each file fit the cube's schema? Decided before anything is written.
+
+Each parsed file is reduced to a small :class:`FileEntry` (digests and concat-coordinate values);
+the full per-variable metadata is kept once per distinct schema. Variables play one of four roles:
+
+``data``
+    has a concat dim: gains the pattern dims, each file's refs (or values) placed at its offset.
+``concat``
+    the native coordinate of a concat dim: decoded per file and re-encoded into the cube's units.
+``shared``
+    a dimension coordinate without a concat dim (``lat``): equal in every file, stored once.
+``cell``
+    anything else without a concat dim (a scalar, a static field): equal across the files of one
+    pattern cell, gains the pattern dims.
+
+For virtual variables the dtype, chunk shape, codecs (with their levels), fill value and CF encoding
+attributes must match the cube exactly; native ones are compared after CF decoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lib.parsing.fragment import ENCODING_ATTRIBUTES, ArrayFragment, Fragment
+
+if TYPE_CHECKING:
+    from lib.discovery import SourceObject
+
+__all__ = ["CubeSchema", "FileEntry", "compare_schemas", "encode_concat_values", "summarize_fragment"]
+
+DATA, CONCAT, SHARED, CELL = "data", "concat", "shared", "cell"
+SCHEMA_VERSION = 1
+
+
+def _digest(*parts: Any) -> str:
+    h = hashlib.sha1()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            if part.dtype.kind in "OUT":
+                h.update("\x1f".join(map(str, part.ravel().tolist())).encode("utf-8", "surrogatepass"))
+            else:
+                h.update(np.ascontiguousarray(part).tobytes())
+            h.update(f"{part.dtype.kind}{part.dtype.itemsize}{part.shape}".encode())
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+        h.update(b"\x1e")
+    return h.hexdigest()[:20]
+
+
+def role_of(item: ArrayFragment, concat: tuple[str, ...]) -> str:
+    dims = item.dims
+    if any(d in concat for d in dims):
+        return CONCAT if item.native and dims == (item.name,) else DATA
+    return SHARED if dims == (item.name,) else CELL
+
+
+@dataclass
+class VariableSchema:
+    """What the cube knows about one variable: its role, kind and the file-level zarr.json."""
+
+    path: str
+    role: str
+    kind: str
+    metadata: dict[str, Any]
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        return tuple(self.metadata.get("dimension_names") or ())
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return tuple(self.metadata["chunk_grid"]["configuration"]["chunk_shape"])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.metadata["shape"])
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        return self.metadata.get("attributes") or {}
+
+    def signature(self, concat: tuple[str, ...]) -> dict[str, Any]:
+        """The parts that must be identical for files to share the variable."""
+        shape = [None if d in concat else s for d, s in zip(self.dims, self.shape, strict=True)]
+        sig: dict[str, Any] = {"role": self.role, "kind": self.kind, "dims": list(self.dims), "shape": shape}
+        if self.kind == "virtual":
+            chunks = list(self.chunks)
+            sig.update(data_type=self.metadata["data_type"], chunks=chunks, codecs=self.metadata["codecs"],
+                       fill_value=self.metadata["fill_value"])
+            sig.update({k: self.attributes[k] for k in ENCODING_ATTRIBUTES if k in self.attributes})
+        elif self.role != CONCAT:
+            sig.update(data_type=self.metadata["data_type"])
+            sig.update({k: self.attributes[k] for k in ENCODING_ATTRIBUTES if k in self.attributes})
+        return sig
+
+
+@dataclass
+class CubeSchema:
+    """The schema every file of the cube shares, persisted in the repository's ``_icefloe`` group."""
+
+    pattern: dict[str, str]
+    concat: tuple[str, ...]
+    variables: dict[str, VariableSchema]
+    attributes: dict[str, Any] = field(default_factory=dict)
+    groups: dict[str, dict[str, Any]] = field(default_factory=dict)
+    concat_encoding: dict[str, dict[str, Any]] = field(default_factory=dict)
+    shared: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return _digest({p: v.signature(self.concat) for p, v in sorted(self.variables.items())})
+
+    def by_role(self, *roles: str) -> list[VariableSchema]:
+        return [v for v in self.variables.values() if v.role in roles]
+
+    def concat_chunks(self, dim: str) -> set[int]:
+        """The chunk sizes virtual data variables use along a concat dim."""
+        sizes = set()
+        for v in self.by_role(DATA):
+            if v.kind == "virtual" and dim in v.dims:
+                sizes.add(v.chunks[v.dims.index(dim)])
+        return sizes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": SCHEMA_VERSION,
+            "pattern": self.pattern,
+            "concat": list(self.concat),
+            "variables": {p: {"role": v.role, "kind": v.kind, "metadata": v.metadata}
+                          for p, v in self.variables.items()},
+            "attributes": self.attributes,
+            "groups": self.groups,
+            "concat_encoding": self.concat_encoding,
+            "shared": self.shared,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CubeSchema:
+        return cls(
+            pattern=dict(data["pattern"]),
+            concat=tuple(data["concat"]),
+            variables={p: VariableSchema(p, v["role"], v["kind"], v["metadata"])
+                       for p, v in data["variables"].items()},
+            attributes=data.get("attributes", {}),
+            groups=data.get("groups", {}),
+            concat_encoding=data.get("concat_encoding", {}),
+            shared=data.get("shared", {}),
+        )
+
+
+@dataclass
+class ConcatCoordinate:
+    """A file's raw values of one concat coordinate, with the attributes that decode them."""
+
+    raw: np.ndarray
+    attrs: dict[str, Any]
+
+
+@dataclass
+class FileEntry:
+    """All a run keeps in memory about one parsed file; the refs themselves wait in the spool."""
+
+    url: str
+    etag: str
+    size: int
+    checksum: Any
+    fields: tuple[tuple[str, int | str], ...]
+    format: str
+    parser: str
+    schema_key: str
+    layout_key: str
+    concat: dict[str, ConcatCoordinate]
+    shared: dict[str, str]
+    cell: dict[str, str]
+    ref_count: int
+    spool: tuple[int, int] = (0, 0)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    encoded: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def field_values(self) -> dict[str, int | str]:
+        return dict(self.fields)
+
+
+def schema_of(fragment: Fragment, pattern: dict[str, str], concat: tuple[str, ...]) -> CubeSchema:
+    """The schema a fragment would give a cube of its own."""
+    variables = {
+        path: VariableSchema(path, role_of(item, concat), "native" if item.native else "virtual", item.metadata)
+        for path, item in fragment.arrays.items()
+    }
+    schema = CubeSchema(pattern=dict(pattern), concat=concat, variables=variables,
+                        attributes=fragment.attributes, groups=fragment.groups)
+    for path, v in variables.items():
+        if v.role == SHARED:
+            schema.shared[path] = _variable_digest(fragment.arrays[path])
+        if v.role == CONCAT:
+            schema.concat_encoding[path] = {}
+    return schema
+
+
+def decoding_attributes(attributes: dict[str, Any], dtype: np.dtype) -> dict[str, Any]:
+    """The CF attributes xarray decodes with, with ``_FillValue`` back from its Zarr v3 spelling."""
+    from xarray.backends.zarr import FillValueCoder
+
+    attrs = {k: v for k, v in attributes.items() if k in ENCODING_ATTRIBUTES}
+    if "_FillValue" in attrs and dtype.kind in "iufc" and isinstance(attrs["_FillValue"], str):
+        attrs["_FillValue"] = FillValueCoder.decode(attrs["_FillValue"], dtype)
+    return attrs
+
+
+def _variable_digest(item: ArrayFragment) -> str:
+    if item.values is not None:
+        return _digest(item.values, {k: item.attributes.get(k) for k in ENCODING_ATTRIBUTES})
+    return _digest(item.lengths if item.lengths is not None else np.zeros(0, np.uint64))
+
+
+def summarize_fragment(fragment: Fragment, obj: SourceObject, checksum: Any, pattern: dict[str, str],
+                       concat: tuple[str, ...]) -> tuple[FileEntry, CubeSchema]:
+    """Reduce a fragment to its entry, plus the schema it would have on its own."""
+    schema = schema_of(fragment, pattern, concat)
+    coords: dict[str, ConcatCoordinate] = {}
+    for dim in concat:
+        item = fragment.arrays.get(dim)
+        if item is not None and item.values is not None and item.dims == (dim,):
+            values = np.asarray(item.values).ravel()
+            coords[dim] = ConcatCoordinate(values, decoding_attributes(item.attributes, values.dtype))
+    layout = _digest({p: [a.shape, a.storage] for p, a in sorted(fragment.arrays.items())}, schema.key)
+    entry = FileEntry(
+        url=fragment.url, etag=obj.etag, size=obj.size, checksum=checksum, fields=obj.fields,
+        format=fragment.format, parser=fragment.parser, schema_key=schema.key, layout_key=layout,
+        concat=coords,
+        shared={p: d for p, d in schema.shared.items()},
+        cell={p: _variable_digest(fragment.arrays[p]) for p, v in schema.variables.items() if v.role == CELL},
+        ref_count=fragment.ref_count, skipped=list(fragment.skipped), notes=list(fragment.notes),
+    )
+    return entry, schema
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return "[" + ", ".join(c.get("name", "?") + (f"({c['configuration']})" if c.get("configuration") else "")
+                               for c in value) + "]"
+    return json.dumps(value) if not isinstance(value, str) else repr(value)
+
+
+def compare_schemas(file_schema: CubeSchema, cube: CubeSchema, url: str) -> str | None:
+    """The first way a file's schema differs from the cube's, as a sentence, or None if it fits.
+
+    The sentence names the file, the variable and both sides of the mismatch.
+    """
+    missing = sorted(set(cube.variables) - set(file_schema.variables))
+    if missing:
+        return f"'{url}' lacks variable '{missing[0]}' that the cube has"
+    extra = sorted(set(file_schema.variables) - set(cube.variables))
+    if extra:
+        return (f"'{url}' has variable '{extra[0]}' that the cube does not have "
+                f"(list it under variables.drop to leave it out)")
+    for path in sorted(cube.variables):
+        mine, theirs = file_schema.variables[path], cube.variables[path]
+        a, b = mine.signature(cube.concat), theirs.signature(cube.concat)
+        if a == b:
+            continue
+        for key in ("role", "kind", "dims", "shape", "data_type", "chunks", "codecs", "fill_value",
+                    *ENCODING_ATTRIBUTES):
+            if a.get(key) != b.get(key):
+                what = {"kind": "storage", "data_type": "dtype", "role": "role"}.get(key, key)
+                if key in ENCODING_ATTRIBUTES:
+                    what = f"attribute {key}"
+                if key == "kind":
+                    return (f"variable '{path}' in '{url}' is {'referenced' if a[key] == 'virtual' else 'stored natively'}"
+                            f"; the cube has it {'referenced' if b[key] == 'virtual' else 'native'}")
+                mine_v = a.get(key, "(none)") if key in a else "(none)"
+                theirs_v = b.get(key, "(none)") if key in b else "(none)"
+                return f"variable '{path}' in '{url}' has {what} {_show(mine_v)}; the cube has {_show(theirs_v)}"
+    return None
+
+
+def _decode(raw: np.ndarray, attrs: dict[str, Any], dim: str) -> Any:
+    import xarray as xr
+    from xarray import conventions
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return conventions.decode_cf_variable(dim, xr.Variable((dim,), raw, dict(attrs)))
+
+
+def cube_encoding(coord: ConcatCoordinate, dim: str) -> dict[str, Any]:
+    """The encoding the cube adopts for a concat coordinate: the first file's own."""
+    decoded = _decode(coord.raw, coord.attrs, dim)
+    enc = {k: v for k, v in decoded.encoding.items() if k in ("units", "calendar", "scale_factor", "add_offset")}
+    enc["dtype"] = np.dtype(decoded.encoding.get("dtype", coord.raw.dtype)).str
+    return json.loads(json.dumps(enc, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+
+
+def encode_concat_values(entries: list[FileEntry], dim: str, encoding: dict[str, Any]) -> dict[str, str]:
+    """Re-encode every file's concat coordinate into the cube's encoding, in place (``entry.encoded``).
+
+    Files whose values cannot be represented exactly in the cube's encoding are returned with a
+    reason. Files sharing the same attributes are decoded together, so this costs one xarray call per
+    distinct encoding, not one per file.
+    """
+    import xarray as xr
+    from xarray import conventions
+
+    failures: dict[str, str] = {}
+    groups: dict[str, list[FileEntry]] = {}
+    for entry in entries:
+        coord = entry.concat.get(dim)
+        if coord is None:
+            failures[entry.url] = f"'{entry.url}' has no coordinate variable for the concat dimension '{dim}'"
+            continue
+        key = json.dumps([coord.attrs, coord.raw.dtype.str], sort_keys=True, default=str)
+        groups.setdefault(key, []).append(entry)
+    enc = dict(encoding)
+    enc["dtype"] = np.dtype(enc["dtype"])
+    target_units = encoding.get("units")
+    for members in groups.values():
+        coord0 = members[0].concat[dim]
+        raw = np.concatenate([m.concat[dim].raw for m in members])
+        sizes = [m.concat[dim].raw.size for m in members]
+        decoded = _decode(raw, coord0.attrs, dim)
+        problem = None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                encoded = conventions.encode_cf_variable(
+                    xr.Variable((dim,), decoded.values, {}, encoding=dict(enc)), name=dim)
+                back = _decode(np.asarray(encoded.values), dict(encoded.attrs), dim)
+            values = np.asarray(encoded.values)
+            if encoded.attrs.get("units", target_units) != target_units or values.dtype != enc["dtype"] or not \
+                    _same(np.asarray(back.values), np.asarray(decoded.values)):
+                problem = "cannot be represented exactly"
+        except Exception as e:
+            problem = f"cannot be represented exactly ({str(e).splitlines()[0][:160]})"
+            values = None
+        start = 0
+        for member, n in zip(members, sizes, strict=True):
+            if problem is not None or values is None:
+                shown = f"units {coord0.attrs.get('units')!r}" if "units" in coord0.attrs else "its encoding"
+                failures[member.url] = (f"coordinate '{dim}' in '{member.url}' ({shown}) {problem} in the cube's "
+                                        f"encoding {_describe_encoding(encoding)}")
+            else:
+                member.encoded[dim] = values[start:start + n]
+            start += n
+    return failures
+
+
+def _describe_encoding(encoding: dict[str, Any]) -> str:
+    parts = [f"{k} {v!r}" for k, v in encoding.items() if k != "dtype"]
+    return f"({', '.join(parts + [f'dtype {np.dtype(encoding['dtype']).name}'])})"
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.shape != b.shape:
+        return False
+    if a.dtype.kind == "f" and b.dtype.kind == "f":
+        return bool(np.array_equal(a, b, equal_nan=True))
+    return bool(np.all(a == b))
