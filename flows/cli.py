@@ -1,0 +1,320 @@
+"""The ``icefloe`` command.
+
+Human output (progress bars, tables) goes to stderr; with ``--json`` stdout holds exactly one JSON
+object on every exit, with an ``error`` key on exits 1 and 2. Exit codes: 0 success; 1 failure,
+nothing published; 2 bad spec or usage, caught before any I/O; 3 published, but objects were
+quarantined in this run; 4 (``verify``) drift found.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lib.errors import IcefloeError, PublishBlocked, SpecError
+from lib.report import EXIT_BAD_SPEC, EXIT_FAILED, EXIT_OK, EXIT_QUARANTINED
+
+console = Console(stderr=True, highlight=False)
+
+app = typer.Typer(
+    name="icefloe",
+    help="Turn an archive of netCDF/HDF5/FITS files into one virtual, versioned Zarr cube in Icechunk, "
+         "and keep it current.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+SpecArg = Annotated[Path, typer.Argument(help="The cube's spec file (YAML).", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (on every exit).")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and Prefect's own log lines.")]
+
+
+class Exit(Exception):
+    """Stop with this exit code after printing ``payload`` (the --json object)."""
+
+    def __init__(self, code: int, payload: dict[str, Any]) -> None:
+        super().__init__(payload.get("error", ""))
+        self.code = code
+        self.payload = payload
+
+
+_json_mode = False
+_debug = False
+
+
+def _quiet_prefect(debug: bool) -> None:
+    """Prefect's and Icechunk's settings are read at import: set quiet, offline defaults first."""
+    os.environ.setdefault("ICECHUNK_LOG", "error")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    if not debug:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
+
+
+def _load(spec: Path) -> Any:
+    from lib.spec import load_spec
+
+    return load_spec(spec)
+
+
+def _finish(payload: dict[str, Any], code: int) -> None:
+    raise Exit(code, payload)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn icefloe's errors into exit codes and one-line messages."""
+    try:
+        yield
+    except Exit:
+        raise
+    except SpecError as e:
+        raise Exit(EXIT_BAD_SPEC, {"error": str(e), **({"key": e.key} if e.key else {})}) from None
+    except PublishBlocked as e:
+        raise Exit(EXIT_FAILED, {**e.summary, "error": str(e)}) from None
+    except IcefloeError as e:
+        raise Exit(EXIT_FAILED, {"error": str(e)}) from None
+    except KeyboardInterrupt:
+        raise Exit(EXIT_FAILED, {"error": "interrupted"}) from None
+    except Exception as e:
+        if _debug:
+            traceback.print_exc()
+        raise Exit(EXIT_FAILED, {"error": f"internal error: {type(e).__name__}: {e}"
+                                          + ("" if _debug else " (run with --debug for the traceback)")}) from None
+
+
+class _Bars:
+    """Rich progress bars on stderr for the flow's stages."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console, transient=False)
+        self.tasks: dict[str, Any] = {}
+
+    def start(self, stage: str, total: int) -> None:
+        if not self.progress.live.is_started:
+            self.progress.start()
+        self.tasks[stage] = self.progress.add_task(stage, total=max(total, 0))
+
+    def advance(self, stage: str, amount: int = 1) -> None:
+        if stage in self.tasks:
+            self.progress.advance(self.tasks[stage], amount)
+
+    def stop(self) -> None:
+        if self.progress.live.is_started:
+            self.progress.stop()
+
+
+def _run_flow(flow: Callable[..., Any], show_progress: bool, **params: Any) -> dict[str, Any]:
+    """Run a flow in this process (Prefect's ephemeral API unless PREFECT_API_URL is set)."""
+    from flows import progress
+
+    bars = _Bars() if show_progress else None
+    progress.set_reporter(bars)
+    try:
+        state = flow(**params, return_state=True)
+    finally:
+        progress.set_reporter(None)
+        if bars is not None:
+            bars.stop()
+    if state.is_completed():
+        return state.result()
+    error = state.result(raise_on_failure=False)
+    if isinstance(error, BaseException):
+        raise error
+    raise IcefloeError(f"the flow ended in state {state.type.value}: {state.message}")
+
+
+def _summary_table(summary: dict[str, Any], title: str) -> None:
+    table = Table(title=title, show_header=True, header_style="bold")
+    for column in ("discovered", "ingested", "unchanged", "changed", "quarantined"):
+        table.add_column(column, justify="right")
+    table.add_row(str(summary.get("discovered", 0)), str(summary.get("ingested", 0)),
+                  str(summary.get("unchanged", 0)), str(len(summary.get("changed", []))),
+                  str(len(summary.get("quarantined", []))))
+    console.print(table)
+    dims = summary.get("dims") or {}
+    if dims:
+        console.print("dims: " + " x ".join(f"{d}={n}" for d, n in dims.items()))
+    if summary.get("snapshot"):
+        console.print(f"main: {summary['snapshot']}" + ("" if summary.get("published") else " (unchanged)"))
+    for q in summary.get("quarantined", [])[:20]:
+        console.print(f"[yellow]quarantined[/] {q['url']}\n    {q['reason']}")
+    for s in summary.get("skipped", [])[:20]:
+        console.print(f"[yellow]skipped[/] {s['variable']} of {s['url']}: {s['reason']}")
+    for f in summary.get("findings", [])[:20]:
+        console.print(f"[red]{f['check']}[/] ({f['scope']}): {f['message']}")
+    for url in summary.get("changed", [])[:20]:
+        console.print(f"[cyan]changed[/] {url} (ingest with --replace to re-ingest)")
+
+
+def _update(spec: Path, operation: str, as_json: bool, urls: list[str] | None = None,
+            replace: bool = False) -> None:
+    loaded = _load(spec)
+    _quiet_prefect(_debug)
+    from flows.build_cube import build_cube
+    from flows.ingest_objects import ingest_objects
+
+    text = spec.read_text(encoding="utf-8")
+    if operation == "build":
+        summary = _run_flow(build_cube, not as_json, spec=text)
+    else:
+        summary = _run_flow(ingest_objects, not as_json, spec=text, urls=urls, replace=replace)
+    if not as_json:
+        _summary_table(summary, f"{operation} of {loaded.name}")
+    _finish(summary, EXIT_QUARANTINED if summary.get("quarantined") else EXIT_OK)
+
+
+@app.command()
+def build(spec: SpecArg, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """Full build: parse every object into a new snapshot on main's history (history is kept)."""
+    with _errors():
+        _update(spec, "build", as_json)
+
+
+@app.command()
+def ingest(
+    spec: SpecArg,
+    urls: Annotated[list[str] | None, typer.Argument(help="Only these objects (default: everything pending).",
+                                                     show_default=False)] = None,
+    replace: Annotated[bool, typer.Option("--replace", help="Re-ingest objects that changed since ingest.")] = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Incremental: pending objects (or the named ones) through staging and checks to main."""
+    with _errors():
+        _update(spec, "ingest", as_json, urls=urls or None, replace=replace)
+
+
+@app.command()
+def plan(spec: SpecArg, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """Dry run, writes nothing: pending and changed objects, the resulting dims, what would be quarantined."""
+    with _errors():
+        from lib.runs import CubeRun
+
+        loaded = _load(spec)
+        run = CubeRun(loaded, "ingest", "plan", write=False)
+        try:
+            run.open()
+            run.discover()
+            for b in range(len(run.batches)):
+                run.parse(b)
+            run.plan()
+            summary = run.finish()
+        finally:
+            run.close()
+        placed = run.plan_.placements if run.plan_ else {}
+        payload = {
+            "discovered": summary.discovered,
+            "pending": [o.url for o in run.discovery.pending],
+            "would_ingest": sorted(placed),
+            "unchanged": summary.unchanged,
+            "changed": summary.changed,
+            "quarantined": summary.quarantined,
+            "skipped": summary.skipped,
+            "dims": summary.dims,
+            "snapshot": summary.snapshot,
+        }
+        if not as_json:
+            table = Table(title=f"plan for {loaded.name}")
+            for column in ("discovered", "pending", "would ingest", "unchanged", "changed", "quarantined"):
+                table.add_column(column, justify="right")
+            table.add_row(*(str(v) for v in (summary.discovered, len(payload["pending"]), len(placed),
+                                             summary.unchanged, len(summary.changed), len(summary.quarantined))))
+            console.print(table)
+            console.print("dims after: " + " x ".join(f"{d}={n}" for d, n in summary.dims.items()))
+            for q in summary.quarantined[:20]:
+                console.print(f"[yellow]would quarantine[/] {q['url']}\n    {q['reason']}")
+        _finish(payload, EXIT_OK)
+
+
+@app.command()
+def log(spec: SpecArg, limit: Annotated[int, typer.Option(help="Show at most this many snapshots.")] = 50,
+        as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """History of main: snapshots, messages, counts."""
+    with _errors():
+        from lib.repository import history, open_repository
+
+        loaded = _load(spec)
+        repo = open_repository(loaded)
+        if repo is None:
+            raise IcefloeError(f"no cube at {loaded.repo.url} yet: run `icefloe build {spec}` first")
+        entries = history(repo, loaded.repo.branch, limit)
+        if not as_json:
+            table = Table(title=f"{loaded.name}: history of {loaded.repo.branch}")
+            for column in ("snapshot", "written", "message", "flow run"):
+                table.add_column(column)
+            for e in entries:
+                meta = e["metadata"].get("icefloe", {})
+                table.add_row(e["snapshot"], e["written_at"][:19].replace("T", " "), e["message"],
+                              str(meta.get("flow_run") or ""))
+            console.print(table)
+        _finish({"branch": loaded.repo.branch, "snapshots": entries}, EXIT_OK)
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Option("--dir", help="Where to write the demo archive and cube.")] = Path(
+        "icefloe-demo"),
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Make a small 6-D archive, build its cube (one bad file is quarantined), show how to open it."""
+    with _errors():
+        from flows.demo import run_demo
+
+        _quiet_prefect(_debug)
+        payload = run_demo(directory.resolve(), console=None if as_json else console, run_flow=_run_flow)
+        _finish(payload, EXIT_OK)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: parses the command line, maps errors and usage mistakes to exit codes."""
+    import click
+
+    global _json_mode, _debug
+    args = list(sys.argv[1:] if argv is None else argv)
+    _json_mode = "--json" in args
+    _debug = "--debug" in args
+    _quiet_prefect(_debug)
+    try:
+        app(args=args, standalone_mode=False)
+        code = EXIT_OK
+    except Exit as e:
+        code = e.code
+        if _json_mode:
+            print(json.dumps(e.payload, default=str))
+        elif "error" in e.payload:
+            console.print(f"[red]error:[/] {e.payload['error']}")
+    except click.exceptions.NoArgsIsHelpError:
+        code = EXIT_OK
+    except click.exceptions.UsageError as e:
+        code = EXIT_BAD_SPEC
+        if _json_mode:
+            print(json.dumps({"error": e.format_message()}))
+        else:
+            e.show(file=sys.stderr)
+    except click.exceptions.Abort:
+        code = EXIT_FAILED
+    except click.exceptions.Exit as e:
+        code = e.exit_code
+    sys.stdout.flush()
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()

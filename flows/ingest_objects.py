@@ -1,0 +1,28 @@
+"""The ``ingest_objects`` flow: bring pending objects into the cube through staging and checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows._update import update_cube
+
+
+@flow(name="ingest_objects", log_prints=True)
+def ingest_objects(spec: str, urls: list[str] | None = None, replace: bool = False) -> dict[str, Any]:
+    """Ingest what is pending: objects in the source but not (or not at this etag) in the ledger.
+
+    Event-triggered runs pass no URLs: they drain everything pending, so lost, batched or
+    duplicated events do no harm.
+
+    Parameters
+    ----------
+    spec
+        Path of the cube's spec file, or the spec's YAML text.
+    urls
+        Only these objects (they must be in the source and match the pattern).
+    replace
+        Re-ingest objects whose content changed since they were ingested.
+    """
+    return update_cube(spec, "ingest", urls=urls, replace=replace)

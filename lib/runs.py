@@ -1,0 +1,248 @@
+"""One build or ingest, step by step: open → discover → parse (per batch) → plan → prepare →
+commit (per batch) → check → quarantine → publish.
+
+:class:`CubeRun` holds a run's working state (the repository handle, the spool of parsed
+fragments, the plan) so that each step is one method taking and returning small values. The Prefect
+flows call the steps as tasks; ``icefloe plan`` calls the first four directly and writes nothing.
+It is deliberately a plain class, so orchestrators pass it around as one opaque value instead of
+walking its contents.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from lib.discovery import Discovery, SourceObject, classify_objects, compile_pattern, list_sources
+from lib.errors import PublishBlocked, StorageError
+from lib.executors import Executor, make_executor
+from lib.ledger import QUARANTINED
+from lib.parsing import ParseOptions, SourceConfig
+from lib.planning import ParsedBatch, Plan, cube_sizes, parse_objects, plan_update
+from lib.quality import CUBE, FILE, Finding
+from lib.report import RunSummary
+from lib.repository import open_repository, publish
+from lib.spool import Spool
+from lib.staging import RunInfo, check_staging, commit_batch, commit_prepare, commit_quarantine
+from lib.state import CubeState, open_cube
+from lib.storage import object_store, source_registry
+
+if TYPE_CHECKING:
+    import icechunk
+
+    from lib.spec import Spec
+
+__all__ = ["CubeRun"]
+
+
+class CubeRun:
+    """The working state of one run over one cube."""
+
+    def __init__(self, spec: Spec, operation: str, run_id: str, *, flow_run: str | None = None,
+                 urls: list[str] | None = None, replace: bool = False, write: bool = True) -> None:
+        self.spec = spec
+        self.operation = operation
+        self.info = RunInfo(run_id=run_id, operation=operation, flow_run=flow_run)
+        self.urls = set(urls) if urls else None
+        self.replace = replace
+        self.write = write
+        self.pattern = compile_pattern(spec.source.pattern)
+        self.source = SourceConfig(spec.source.url, spec.source.storage)
+        self.options = ParseOptions(concat=spec.concat, native=spec.variables.native, drop=spec.variables.drop)
+        self.summary = RunSummary(operation=operation, branch=spec.repo.branch)
+        self.started = time.monotonic()
+        self.repo: icechunk.Repository | None = None
+        self.state: CubeState | None = None
+        self.discovery = Discovery()
+        self.batches: list[list[SourceObject]] = []
+        self.parsed: list[ParsedBatch] = []
+        self.plan_: Plan | None = None
+        self.findings: list[Finding] = []
+        self.staged: str | None = None
+        self._spool: Spool | None = None
+        self._executor: Executor | None = None
+
+    # -- resources -------------------------------------------------------------------------------
+
+    @property
+    def spool(self) -> Spool:
+        if self._spool is None:
+            self._spool = Spool()
+        return self._spool
+
+    @property
+    def executor(self) -> Executor:
+        if self._executor is None:
+            self._executor = make_executor(self.spec.execution)
+        return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.close()
+        if self._spool is not None:
+            self._spool.close()
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    def open(self) -> dict[str, Any]:
+        """Open (or, when writing, create) the repository and decide between resuming and starting clean."""
+        from lib.state import CubeState
+
+        self.repo = open_repository(self.spec, create=self.write)
+        if self.repo is None:  # a dry run on a cube that does not exist yet
+            self.state = CubeState(self.operation, "", "", resumed=False, fresh=True, schema=None, axes=None)
+        elif self.write:
+            self.state = open_cube(self.repo, self.spec, self.operation)
+        else:
+            self.state = _read_only_state(self.repo, self.spec, self.operation)
+        return {"main": self.state.main, "resumed": self.state.resumed, "fresh": self.state.fresh}
+
+    def discover(self) -> dict[str, int]:
+        """List the source and sort its objects against the ledger; split the pending ones into batches."""
+        assert self.state is not None
+        store = object_store(self.spec.source.url, self.spec.source.storage)
+        objects, unsafe = list_sources(self.spec.source.url, store, self.pattern)
+        if self.urls is not None:
+            listed = {o.url for o in objects}
+            missing = sorted(self.urls - listed)
+            if missing:
+                raise StorageError(f"{len(missing)} named object(s) are not in the source or do not match the "
+                                   f"pattern: {missing[:3]}")
+        self.discovery = classify_objects(objects, self.state.ledger, replace=self.replace, only=self.urls)
+        self.discovery.unsafe = unsafe
+        size = self.spec.execution.batch_size
+        pending = self.discovery.pending
+        self.batches = [pending[i:i + size] for i in range(0, len(pending), size)]
+        s = self.summary
+        s.discovered = self.discovery.discovered
+        s.unchanged = len(self.discovery.unchanged) + len(self.discovery.known_bad)
+        s.previously_quarantined = len(self.discovery.known_bad)
+        s.changed = [o.url for o in self.discovery.changed]
+        return {"discovered": s.discovered, "pending": len(pending), "batches": len(self.batches)}
+
+    def parse(self, batch: int) -> dict[str, int]:
+        """Parse one batch over the executor into the spool.
+
+        Raises
+        ------
+        StorageError
+            Some objects could not be read (after retries); the whole step may be retried.
+        """
+        result = parse_objects(self.batches[batch], batch, self.source, self.options, self.executor, self.spool,
+                               self.pattern.fields)
+        if result.transient:
+            url, reason = next(iter(result.transient.items()))
+            raise StorageError(f"{len(result.transient)} object(s) could not be read, e.g. {reason}")
+        while len(self.parsed) <= batch:
+            self.parsed.append(ParsedBatch(batch=len(self.parsed)))
+        self.parsed[batch] = result
+        return {"parsed": len(result.entries), "failed": len(result.failed)}
+
+    def plan(self) -> dict[str, Any]:
+        """Validate every parsed object and lay out the cube; nothing is written."""
+        assert self.state is not None
+        replacing = {o.url for o in self.discovery.pending if o.url in self.state.ledger}
+        self.plan_ = plan_update(self.state, self.pattern.fields, self.spec.concat, self.parsed, replacing)
+        plan = self.plan_
+        unsafe = {url: f"'{url}' has a key that could escape the source prefix ('..', '.', or a NUL)"
+                  for url in self.discovery.unsafe}
+        plan.quarantined.update(unsafe)
+        s = self.summary
+        s.dims = cube_sizes(plan.schema, plan.axes) if plan.schema else (
+            cube_sizes(self.state.schema, self.state.axes) if self.state.schema and self.state.axes else {})
+        s.parsed = sum(len(b.entries) for b in self.parsed)
+        s.fast_path = sum(1 for b in self.parsed for e in b.entries if e.parser == "fast")
+        for url, entry in plan.entries.items():
+            s.skipped += [{"url": url, "variable": v, "reason": r} for v, r in entry.skipped]
+            s.notes += [f"{url}: {n}" for n in entry.notes]
+        return {"accepted": plan.accepted, "quarantined": len(plan.quarantined), "dims": s.dims}
+
+    def prepare(self) -> str | None:
+        """Create or grow the arrays and record this run's quarantines, in one staging commit."""
+        assert self.repo is not None and self.state is not None and self.plan_ is not None
+        plan = self.plan_
+        if plan.schema is None or (not plan.accepted and not plan.quarantined):
+            return None
+        etags = {o.url: o.etag for o in self.discovery.pending}
+        self.staged = commit_prepare(self.repo, self.spec, self.state, plan, self.spool, self.info, etags)
+        return self.staged
+
+    def commit(self, batch: int) -> int:
+        """Place one batch's references in one staging commit; returns the refs written."""
+        assert self.repo is not None and self.state is not None and self.plan_ is not None
+        snapshot, refs = commit_batch(self.repo, self.spec, self.state, self.plan_, self.spool, batch, self.info,
+                                      workers=max(1, min(self.spec.execution.workers, 4)))
+        self.staged = snapshot or self.staged
+        self.summary.refs += refs
+        return refs
+
+    def check(self) -> list[dict[str, Any]]:
+        """Run the checks on staging's tip; file findings are taken out, cube findings block."""
+        assert self.repo is not None and self.state is not None
+        if self.repo.lookup_branch(self.spec.repo.staging) == self.state.main:
+            return []
+        snapshot, self.findings = check_staging(self.repo, self.spec, self.state,
+                                                source_registry(self.spec.source.url, self.spec.source.storage))
+        per_file = {u: f.message for f in self.findings if f.scope == FILE for u in f.urls}
+        if per_file:
+            snapshot = commit_quarantine(self.repo, self.spec, self.state, self.info, per_file, status=QUARANTINED)
+        self.staged = snapshot
+        return [f.to_json() for f in self.findings]
+
+    def publish(self) -> str:
+        """Fast-forward main to the checked snapshot (compare-and-swap); returns main's tip.
+
+        Raises
+        ------
+        PublishBlocked
+            A cube-wide check failed; main did not move.
+        ConflictError
+            Main moved since this run started.
+        """
+        assert self.repo is not None and self.state is not None
+        blocking = [f for f in self.findings if f.scope == CUBE]
+        staged = self.repo.lookup_branch(self.spec.repo.staging)
+        if blocking:
+            self.summary.snapshot = self.state.main
+            raise PublishBlocked("checks failed, main was not moved: " + "; ".join(f.message for f in blocking))
+        if staged != self.state.main:
+            publish(self.repo, self.spec, staged, self.state.main)
+            self.summary.published = True
+        self.summary.snapshot = self.repo.lookup_branch(self.spec.repo.branch)
+        return self.summary.snapshot
+
+    def finish(self, error: str | None = None) -> RunSummary:
+        """The run's summary, with the counts of what was placed and refused."""
+        s = self.summary
+        plan = self.plan_
+        if plan is not None:
+            quarantined = dict(plan.quarantined)
+            for f in self.findings:
+                if f.scope == FILE:
+                    quarantined.update({u: f.message for u in f.urls})
+            s.quarantined = [{"url": u, "reason": r} for u, r in quarantined.items()]
+            s.ingested = len([u for u in plan.placements if u not in quarantined])
+        s.findings = [f.to_json() for f in self.findings]
+        if error is None and plan is not None and plan.schema is None and s.quarantined:
+            error = f"every one of the {len(s.quarantined)} pending object(s) was quarantined: nothing was published"
+        if error is not None:
+            s.error = error
+            s.published = False
+        elif self.state is not None and s.snapshot is None:
+            s.snapshot = self.state.main or None
+        s.seconds = time.monotonic() - self.started
+        return s
+
+
+def _read_only_state(repo: icechunk.Repository, spec: Spec, operation: str) -> CubeState:
+    """The state a dry run plans against: main's, without touching any branch."""
+    from lib.ledger import ledger_size, read_ledger, read_schema
+    from lib.state import read_axes
+
+    main = repo.lookup_branch(spec.repo.branch)
+    store = repo.readonly_session(snapshot_id=main).store
+    schema = read_schema(store)
+    fresh = schema is None or operation == "build"
+    return CubeState(operation, main, main, resumed=False, fresh=fresh, schema=None if fresh else schema,
+                     axes=None if fresh or schema is None else read_axes(store, schema),
+                     ledger={} if fresh else read_ledger(store), ledger_base=ledger_size(store))
