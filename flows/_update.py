@@ -54,8 +54,9 @@ def _steps(run: CubeRun) -> None:
     update_progress_artifact(artifact, 100.0)
 
 
-def update_cube(spec_source: str, operation: str, urls: list[str] | None = None,
-                replace: bool = False) -> dict[str, Any]:
+def update_cube(
+    spec_source: str, operation: str, urls: list[str] | None = None, replace: bool = False
+) -> dict[str, Any]:
     """Run one update of the cube as tasks; returns the run's summary (the ``--json`` object).
 
     Raises

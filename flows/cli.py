@@ -29,7 +29,7 @@ console = Console(stderr=True, highlight=False)
 app = typer.Typer(
     name="icefloe",
     help="Turn an archive of netCDF/HDF5/FITS files into one virtual, versioned Zarr cube in Icechunk, "
-         "and keep it current.",
+    "and keep it current.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -91,8 +91,13 @@ def _errors() -> Iterator[None]:
     except Exception as e:
         if _debug:
             traceback.print_exc()
-        raise Exit(EXIT_FAILED, {"error": f"internal error: {type(e).__name__}: {e}"
-                                          + ("" if _debug else " (run with --debug for the traceback)")}) from None
+        raise Exit(
+            EXIT_FAILED,
+            {
+                "error": f"internal error: {type(e).__name__}: {e}"
+                + ("" if _debug else " (run with --debug for the traceback)")
+            },
+        ) from None
 
 
 class _Bars:
@@ -101,8 +106,14 @@ class _Bars:
     def __init__(self) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.progress = Progress(TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=console, transient=False)
+        self.progress = Progress(
+            TextColumn("{task.description:>8}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
         self.tasks: dict[str, Any] = {}
 
     def start(self, stage: str, total: int) -> None:
@@ -143,9 +154,13 @@ def _summary_table(summary: dict[str, Any], title: str) -> None:
     table = Table(title=title, show_header=True, header_style="bold")
     for column in ("discovered", "ingested", "unchanged", "changed", "quarantined"):
         table.add_column(column, justify="right")
-    table.add_row(str(summary.get("discovered", 0)), str(summary.get("ingested", 0)),
-                  str(summary.get("unchanged", 0)), str(len(summary.get("changed", []))),
-                  str(len(summary.get("quarantined", []))))
+    table.add_row(
+        str(summary.get("discovered", 0)),
+        str(summary.get("ingested", 0)),
+        str(summary.get("unchanged", 0)),
+        str(len(summary.get("changed", []))),
+        str(len(summary.get("quarantined", []))),
+    )
     console.print(table)
     dims = summary.get("dims") or {}
     if dims:
@@ -162,8 +177,7 @@ def _summary_table(summary: dict[str, Any], title: str) -> None:
         console.print(f"[cyan]changed[/] {url} (ingest with --replace to re-ingest)")
 
 
-def _update(spec: Path, operation: str, as_json: bool, urls: list[str] | None = None,
-            replace: bool = False) -> None:
+def _update(spec: Path, operation: str, as_json: bool, urls: list[str] | None = None, replace: bool = False) -> None:
     loaded = _load(spec)
     _quiet_prefect(_debug)
     from flows.build_cube import build_cube
@@ -189,8 +203,9 @@ def build(spec: SpecArg, as_json: JsonOpt = False, debug: DebugOpt = False) -> N
 @app.command()
 def ingest(
     spec: SpecArg,
-    urls: Annotated[list[str] | None, typer.Argument(help="Only these objects (default: everything pending).",
-                                                     show_default=False)] = None,
+    urls: Annotated[
+        list[str] | None, typer.Argument(help="Only these objects (default: everything pending).", show_default=False)
+    ] = None,
     replace: Annotated[bool, typer.Option("--replace", help="Re-ingest objects that changed since ingest.")] = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
@@ -233,8 +248,19 @@ def plan(spec: SpecArg, as_json: JsonOpt = False, debug: DebugOpt = False) -> No
             table = Table(title=f"plan for {loaded.name}")
             for column in ("discovered", "pending", "would ingest", "unchanged", "changed", "quarantined"):
                 table.add_column(column, justify="right")
-            table.add_row(*(str(v) for v in (summary.discovered, len(payload["pending"]), len(placed),
-                                             summary.unchanged, len(summary.changed), len(summary.quarantined))))
+            table.add_row(
+                *(
+                    str(v)
+                    for v in (
+                        summary.discovered,
+                        len(payload["pending"]),
+                        len(placed),
+                        summary.unchanged,
+                        len(summary.changed),
+                        len(summary.quarantined),
+                    )
+                )
+            )
             console.print(table)
             console.print("dims after: " + " x ".join(f"{d}={n}" for d, n in summary.dims.items()))
             for q in summary.quarantined[:20]:
@@ -243,8 +269,12 @@ def plan(spec: SpecArg, as_json: JsonOpt = False, debug: DebugOpt = False) -> No
 
 
 @app.command()
-def log(spec: SpecArg, limit: Annotated[int, typer.Option(help="Show at most this many snapshots.")] = 50,
-        as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+def log(
+    spec: SpecArg,
+    limit: Annotated[int, typer.Option(help="Show at most this many snapshots.")] = 50,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
     """History of main: snapshots, messages, counts."""
     with _errors():
         from lib.repository import history, open_repository
@@ -260,8 +290,9 @@ def log(spec: SpecArg, limit: Annotated[int, typer.Option(help="Show at most thi
                 table.add_column(column)
             for e in entries:
                 meta = e["metadata"].get("icefloe", {})
-                table.add_row(e["snapshot"], e["written_at"][:19].replace("T", " "), e["message"],
-                              str(meta.get("flow_run") or ""))
+                table.add_row(
+                    e["snapshot"], e["written_at"][:19].replace("T", " "), e["message"], str(meta.get("flow_run") or "")
+                )
             console.print(table)
         _finish({"branch": loaded.repo.branch, "snapshots": entries}, EXIT_OK)
 
@@ -269,7 +300,8 @@ def log(spec: SpecArg, limit: Annotated[int, typer.Option(help="Show at most thi
 @app.command()
 def demo(
     directory: Annotated[Path, typer.Option("--dir", help="Where to write the demo archive and cube.")] = Path(
-        "icefloe-demo"),
+        "icefloe-demo"
+    ),
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -284,7 +316,7 @@ def demo(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: parses the command line, maps errors and usage mistakes to exit codes."""
-    import click
+    from typer._click import exceptions as click  # typer vendors its own click
 
     global _json_mode, _debug
     args = list(sys.argv[1:] if argv is None else argv)
@@ -300,17 +332,17 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(e.payload, default=str))
         elif "error" in e.payload:
             console.print(f"[red]error:[/] {e.payload['error']}")
-    except click.exceptions.NoArgsIsHelpError:
+    except click.NoArgsIsHelpError:
         code = EXIT_OK
-    except click.exceptions.UsageError as e:
+    except click.UsageError as e:
         code = EXIT_BAD_SPEC
         if _json_mode:
             print(json.dumps({"error": e.format_message()}))
         else:
             e.show(file=sys.stderr)
-    except click.exceptions.Abort:
+    except typer.Abort:
         code = EXIT_FAILED
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         code = e.exit_code
     sys.stdout.flush()
     raise SystemExit(code)

@@ -49,8 +49,10 @@ def run_demo(directory: Path, console: Any, run_flow: Callable[..., dict[str, An
     _fresh_directory(directory)
     source, repo = directory / "archive", directory / "cube"
     shape = DemoShape()
-    say(f"[bold]1.[/] writing a {shape.polygons} polygon x {shape.months} month x {shape.steps} step ensemble "
-        f"({shape.files} netCDF-4 tiles) to {source}")
+    say(
+        f"[bold]1.[/] writing a {shape.polygons} polygon x {shape.months} month x {shape.steps} step ensemble "
+        f"({shape.files} netCDF-4 tiles) to {source}"
+    )
     write_demo_archive(source, shape)
     bad = write_bad_file(source, shape)
     say(f"   plus one bad tile, {bad.relative_to(source)}, whose variables are chunked differently")

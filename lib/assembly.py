@@ -66,7 +66,8 @@ def _native_chunks(shape: Sequence[int], growing: Sequence[bool]) -> tuple[int, 
     chunks = [max(s, NATIVE_GROWING_CHUNK if g else 1) if g else max(s, 1) for s, g in zip(shape, growing, strict=True)]
     while math.prod(chunks) > NATIVE_CHUNK_ELEMENTS:
         candidates = [i for i, g in enumerate(growing) if g and chunks[i] > 1] or [
-            i for i, c in enumerate(chunks) if c > 1]
+            i for i, c in enumerate(chunks) if c > 1
+        ]
         if not candidates:
             break
         i = max(candidates, key=lambda k: chunks[k])
@@ -108,9 +109,14 @@ def _create_native(group: Any, var: VariableSchema, schema: CubeSchema, axes: Ax
     fill = zdtype.from_json_scalar(var.metadata["fill_value"], zarr_format=3)
     shape = cube_shape(var, schema, axes)
     return group.create_array(
-        var.path, shape=shape, chunks=_native_chunks(shape, _growing(var, schema)), dtype=dtype,
-        fill_value=fill if var.role != CONCAT else None, attributes=_native_attributes(var, schema),
-        dimension_names=cube_dims(var, schema), overwrite=True,
+        var.path,
+        shape=shape,
+        chunks=_native_chunks(shape, _growing(var, schema)),
+        dtype=dtype,
+        fill_value=fill if var.role != CONCAT else None,
+        attributes=_native_attributes(var, schema),
+        dimension_names=cube_dims(var, schema),
+        overwrite=True,
     )
 
 
@@ -121,14 +127,21 @@ def _write_pattern_coords(group: Any, axes: Axes, schema: CubeSchema) -> None:
         if dim in group and tuple(group[dim].shape) != data.shape:
             group[dim].resize(data.shape)
         if dim not in group:
-            group.create_array(dim, shape=data.shape, chunks=(max(data.size, NATIVE_GROWING_CHUNK),),
-                               dtype=data.dtype, dimension_names=(dim,), fill_value=None,
-                               attributes={"description": f"the {{{dim}}} field of the source path pattern"})
+            group.create_array(
+                dim,
+                shape=data.shape,
+                chunks=(max(data.size, NATIVE_GROWING_CHUNK),),
+                dtype=data.dtype,
+                dimension_names=(dim,),
+                fill_value=None,
+                attributes={"description": f"the {{{dim}}} field of the source path pattern"},
+            )
         group[dim][...] = data
 
 
-def prepare_arrays(store: Any, schema: CubeSchema, axes: Axes, *, fresh: bool,
-                   shared: dict[str, Fragment] | None = None) -> None:
+def prepare_arrays(
+    store: Any, schema: CubeSchema, axes: Axes, *, fresh: bool, shared: dict[str, Fragment] | None = None
+) -> None:
     """Create every array at its full size (``fresh``) or resize the existing ones to ``axes``.
 
     A fresh cube replaces whatever the store held. Coordinates of the pattern and concat dims are
@@ -187,15 +200,17 @@ def _ref_calls(items: Iterable[BatchItem], schema: CubeSchema, refs_for: set[str
             if not present.any():
                 continue
             pad = len(cube_dims(var, schema)) - len(var.dims)
-            calls.append(dict(
-                array_path=var.path,
-                chunk_grid_shape=(1,) * pad + tuple(frag.lengths.shape),
-                locations=[location if p else "" for p in present.tolist()],
-                offsets=np.ascontiguousarray(frag.offsets.ravel(), dtype=np.uint64),
-                lengths=np.ascontiguousarray(lengths, dtype=np.uint64),
-                arr_offset=_offset(var, schema, item.placement),
-                checksum=item.checksum,
-            ))
+            calls.append(
+                dict(
+                    array_path=var.path,
+                    chunk_grid_shape=(1,) * pad + tuple(frag.lengths.shape),
+                    locations=[location if p else "" for p in present.tolist()],
+                    offsets=np.ascontiguousarray(frag.offsets.ravel(), dtype=np.uint64),
+                    lengths=np.ascontiguousarray(lengths, dtype=np.uint64),
+                    arr_offset=_offset(var, schema, item.placement),
+                    checksum=item.checksum,
+                )
+            )
     return calls
 
 
@@ -203,8 +218,10 @@ def _set_refs(store: Any, calls: list[dict[str, Any]]) -> None:
     for call in calls:
         failed = store.set_virtual_refs_arr(**call, validate_containers=True)
         if failed:
-            raise StorageError(f"Icechunk refused {len(failed)} references of '{call['array_path']}' "
-                               f"(outside the source's virtual chunk container?)")
+            raise StorageError(
+                f"Icechunk refused {len(failed)} references of '{call['array_path']}' "
+                f"(outside the source's virtual chunk container?)"
+            )
 
 
 def _write_natives(store: Any, schema: CubeSchema, items: list[BatchItem]) -> None:
@@ -216,7 +233,7 @@ def _write_natives(store: Any, schema: CubeSchema, items: list[BatchItem]) -> No
         if var.kind != "native" or var.role not in (DATA, CELL):
             continue
         array = root[var.path]
-        whole = array[...]
+        whole = np.array(array[...])
         for item in items:
             values = item.fragment.arrays[var.path].values
             region: list[slice | int] = list(item.placement.cell)
@@ -250,8 +267,9 @@ def place_batch(session: icechunk.Session, schema: CubeSchema, items: list[Batch
     return sum(int(np.count_nonzero(c["lengths"])) for c in calls)
 
 
-def clear_blocks(store: Any, schema: CubeSchema, placements: list[Placement], *, cells_emptied: set[tuple[int, ...]]
-                 ) -> None:
+def clear_blocks(
+    store: Any, schema: CubeSchema, placements: list[Placement], *, cells_emptied: set[tuple[int, ...]]
+) -> None:
     """Remove the references and native values of files taken out of the cube (reset to fill values).
 
     Cell variables are cleared only in ``cells_emptied``: the cells no other file holds.
@@ -285,6 +303,7 @@ def clear_blocks(store: Any, schema: CubeSchema, placements: list[Placement], *,
                 key = "/".join(str(s + i) for s, i in zip(start, (0,) * pad + index, strict=True))
                 keys.append(f"{var.path}/c/{key}" if key else f"{var.path}/c")
     if keys:
+
         async def delete_all() -> None:
             for key in keys:
                 await store.delete(key)
@@ -297,4 +316,3 @@ def group_by_cell(placements: Iterable[Placement]) -> dict[tuple[int, ...], list
     for p in placements:
         out[p.cell].append(p)
     return out
-

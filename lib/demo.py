@@ -21,8 +21,17 @@ EPOCH = np.datetime64("2000-01-01", "D")
 class DemoShape:
     """The size of a demo archive."""
 
-    def __init__(self, polygons: int = 2, months: int = 3, steps: int = 4, depth: int = 5, lat: int = 16,
-                 lon: int = 16, chunk: tuple[int, int, int, int] = (1, 5, 8, 8), variables: int = 2) -> None:
+    def __init__(
+        self,
+        polygons: int = 2,
+        months: int = 3,
+        steps: int = 4,
+        depth: int = 5,
+        lat: int = 16,
+        lon: int = 16,
+        chunk: tuple[int, int, int, int] = (1, 5, 8, 8),
+        variables: int = 2,
+    ) -> None:
         self.polygons, self.months, self.steps = polygons, months, steps
         self.depth, self.lat, self.lon, self.chunk, self.variables = depth, lat, lon, chunk, variables
 
@@ -38,8 +47,15 @@ def step_path(root: Path, polygon: int, month: int, step: int) -> Path:
     return root / f"polygon_{polygon:03d}" / f"month_{month:02d}" / f"step_{step:04d}.nc"
 
 
-def write_step(path: Path, polygon: int, month: int, step: int, shape: DemoShape | None = None,
-               chunk: tuple[int, int, int, int] | None = None, complevel: int = 4) -> Path:
+def write_step(
+    path: Path,
+    polygon: int,
+    month: int,
+    step: int,
+    shape: DemoShape | None = None,
+    chunk: tuple[int, int, int, int] | None = None,
+    complevel: int = 4,
+) -> Path:
     """Write one tile file: one time step of one ensemble member."""
     import xarray as xr
 
@@ -58,8 +74,11 @@ def write_step(path: Path, polygon: int, month: int, step: int, shape: DemoShape
         data,
         coords={
             "time": ("time", [when.astype("datetime64[ns]")]),
-            "depth": ("depth", np.linspace(5.0, 5.0 + 10 * (shape.depth - 1), shape.depth),
-                      {"units": "m", "positive": "down"}),
+            "depth": (
+                "depth",
+                np.linspace(5.0, 5.0 + 10 * (shape.depth - 1), shape.depth),
+                {"units": "m", "positive": "down"},
+            ),
             "lat": ("lat", np.linspace(-30.0, 30.0, shape.lat), {"units": "degrees_north"}),
             "lon": ("lon", np.linspace(150.0, 210.0, shape.lon), {"units": "degrees_east"}),
         },
@@ -76,8 +95,13 @@ def write_step(path: Path, polygon: int, month: int, step: int, shape: DemoShape
     return path
 
 
-def write_demo_archive(root: Path, shape: DemoShape | None = None, polygons: Iterable[int] | None = None,
-                       months: Iterable[int] | None = None, steps: Iterable[int] | None = None) -> list[Path]:
+def write_demo_archive(
+    root: Path,
+    shape: DemoShape | None = None,
+    polygons: Iterable[int] | None = None,
+    months: Iterable[int] | None = None,
+    steps: Iterable[int] | None = None,
+) -> list[Path]:
     """Write every tile of a demo archive (or the given subset) under ``root``."""
     shape = shape or DemoShape()
     out = []

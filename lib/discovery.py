@@ -82,8 +82,9 @@ def compile_pattern(text: str) -> Pattern:
         The pattern is empty, absolute, escapes the source, or has a malformed or duplicate field.
     """
     if not text or text.startswith("/") or ".." in text.split("/"):
-        raise SpecError(f"pattern {text!r} must be a non-empty path relative to source.url, without '..'",
-                        key="source.pattern")
+        raise SpecError(
+            f"pattern {text!r} must be a non-empty path relative to source.url, without '..'", key="source.pattern"
+        )
     out: list[str] = []
     fields: dict[str, str] = {}
     i = 0
@@ -107,11 +108,11 @@ def compile_pattern(text: str) -> Pattern:
                 raise SpecError(f"pattern {text!r} has an unclosed '{{' at position {i}", key="source.pattern")
             name, _, kind = m.group(1).partition(":")
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-                raise SpecError(f"pattern field {m.group(0)!r} needs a name like {{polygon}} or {{polygon:d}}",
-                                key="source.pattern")
+                raise SpecError(
+                    f"pattern field {m.group(0)!r} needs a name like {{polygon}} or {{polygon:d}}", key="source.pattern"
+                )
             if kind not in ("", "d"):
-                raise SpecError(f"pattern field {m.group(0)!r}: the only type is ':d' (integer)",
-                                key="source.pattern")
+                raise SpecError(f"pattern field {m.group(0)!r}: the only type is ':d' (integer)", key="source.pattern")
             if name in fields:
                 raise SpecError(f"pattern field {{{name}}} appears twice", key="source.pattern")
             fields[name] = "int" if kind == "d" else "str"
@@ -174,10 +175,15 @@ def list_sources(source_url: str, store: Any, pattern: Pattern) -> tuple[list[So
                 if not _safe_key(path):
                     unsafe.append(url)
                     continue
-                found.append(SourceObject(
-                    url=url, etag=str(meta.get("e_tag") or ""), size=int(meta["size"]),
-                    last_modified=meta["last_modified"], fields=tuple(values.items()),
-                ))
+                found.append(
+                    SourceObject(
+                        url=url,
+                        etag=str(meta.get("e_tag") or ""),
+                        size=int(meta["size"]),
+                        last_modified=meta["last_modified"],
+                        fields=tuple(values.items()),
+                    )
+                )
     except FileNotFoundError as e:
         raise StorageError(f"cannot list {source_url}: it does not exist ({e})") from e
     except Exception as e:  # obstore raises its own error types for network and permission failures
@@ -201,8 +207,9 @@ class Discovery:
         return len(self.pending) + len(self.unchanged) + len(self.changed) + len(self.known_bad) + len(self.unsafe)
 
 
-def classify_objects(objects: Iterable[SourceObject], ledger: Mapping[str, Any], *, replace: bool = False,
-                     only: set[str] | None = None) -> Discovery:
+def classify_objects(
+    objects: Iterable[SourceObject], ledger: Mapping[str, Any], *, replace: bool = False, only: set[str] | None = None
+) -> Discovery:
     """Sort listed objects against the ledger's current rows (url → row with etag and status).
 
     Objects in the cube at the same etag are unchanged; at another etag they are changed (pending

@@ -7,6 +7,7 @@ raised, so one broken call never loses the others' results.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -117,8 +118,13 @@ def lithops_config(execution: Execution) -> dict[str, Any]:
     config: dict[str, Any] = {
         "lithops": {"backend": "aws_lambda", "storage": "aws_s3", "log_level": "WARNING"},
         "aws": {"region": aws.region},
-        "aws_lambda": {"execution_role": aws.execution_role, "region": aws.region, "runtime": aws.runtime,
-                       "runtime_memory": aws.runtime_memory, "runtime_timeout": aws.runtime_timeout},
+        "aws_lambda": {
+            "execution_role": aws.execution_role,
+            "region": aws.region,
+            "runtime": aws.runtime,
+            "runtime_memory": aws.runtime_memory,
+            "runtime_timeout": aws.runtime_timeout,
+        },
         "aws_s3": {"region": aws.region},
     }
     if aws.storage_bucket:
@@ -156,10 +162,8 @@ class LithopsExecutor(Executor):
 
     def close(self) -> None:
         if self._fexec is not None:
-            try:
+            with contextlib.suppress(Exception):  # cleaning is best effort: the results are in hand
                 self._fexec.clean(clean_cloudobjects=True)
-            except Exception:  # cleaning is best effort: the results are already in hand
-                pass
             self._fexec = None
 
 

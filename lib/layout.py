@@ -87,8 +87,9 @@ def _grow_pattern(existing: list[Any], new: Iterable[Any]) -> tuple[list[Any], s
     return existing + [v for v in fresh if v not in bad], bad
 
 
-def plan_layout(entries: list[FileEntry], schema: CubeSchema, existing: Axes | None = None,
-                occupied: Iterable[Occupied] = ()) -> tuple[Axes, list[Placement], dict[str, str]]:
+def plan_layout(
+    entries: list[FileEntry], schema: CubeSchema, existing: Axes | None = None, occupied: Iterable[Occupied] = ()
+) -> tuple[Axes, list[Placement], dict[str, str]]:
     """Decide the axes and every file's placement; return files that cannot be placed, with reasons.
 
     ``entries`` must already fit the schema and carry their concat values in the cube's encoding.
@@ -110,6 +111,7 @@ def plan_layout(entries: list[FileEntry], schema: CubeSchema, existing: Axes | N
 
     while True:
         alive = [e for e in entries if e.url not in rejected]
+        before = len(rejected)
         axes = Axes()
         for d in dims:
             base = list(existing.pattern.get(d, [])) if existing else []
@@ -117,9 +119,11 @@ def plan_layout(entries: list[FileEntry], schema: CubeSchema, existing: Axes | N
             axes.pattern[d] = grown
             for e in alive:
                 if e.field_values[d] in bad:
-                    rejected[e.url] = (f"'{e.url}' has {d}={e.field_values[d]!r}, which sorts before the cube's last "
-                                       f"{d} {base[-1]!r}; an existing cube only grows at the end of its axes "
-                                       f"(run `icefloe build` to rebuild it in order)")
+                    rejected[e.url] = (
+                        f"'{e.url}' has {d}={e.field_values[d]!r}, which sorts before the cube's last "
+                        f"{d} {base[-1]!r}; an existing cube only grows at the end of its axes "
+                        f"(run `icefloe build` to rebuild it in order)"
+                    )
         for d in concat:
             base = existing.concat[d] if existing and d in existing.concat else np.zeros(0)
             new = np.concatenate([e.encoded[d] for e in alive]) if alive else np.zeros(0)
@@ -129,61 +133,105 @@ def plan_layout(entries: list[FileEntry], schema: CubeSchema, existing: Axes | N
                 for e in alive:
                     hit = np.intersect1d(e.encoded[d], inner)
                     if hit.size:
-                        rejected[e.url] = (f"'{e.url}' has {d} value {hit[0].item()!r} inside the cube's existing "
-                                           f"'{d}' axis (which ends at {base[-1].item()!r}); an existing cube only "
-                                           f"grows at the end of its axes (run `icefloe build` to rebuild it)")
+                        rejected[e.url] = (
+                            f"'{e.url}' has {d} value {hit[0].item()!r} inside the cube's existing "
+                            f"'{d}' axis (which ends at {base[-1].item()!r}); an existing cube only "
+                            f"grows at the end of its axes (run `icefloe build` to rebuild it)"
+                        )
                 fresh = fresh[fresh > base[-1]]
             axes.concat[d] = np.concatenate([base, fresh]) if base.size else fresh
-        alive = [e for e in entries if e.url not in rejected]
+        if len(rejected) > before:
+            continue  # the axes must not hold values of files just refused
 
-        placements: list[Placement] = []
-        fresh_rejects: dict[str, str] = {}
-        for e in alive:
-            cell = axes.cell_of(e.fields)
-            ranges = []
-            for d in concat:
-                axis = axes.concat[d]
-                pos = np.searchsorted(axis, e.encoded[d])
-                start, stop = int(pos[0]), int(pos[-1]) + 1
-                if stop - start != pos.size:
-                    fresh_rejects[e.url] = (f"the '{d}' values of '{e.url}' are not consecutive on the cube's axis: "
-                                            f"other files add values between {_fmt(axis, start)} and "
-                                            f"{_fmt(axis, stop - 1)}")
-                    break
-                for c in sorted(schema.concat_chunks(d)):
-                    if start % c:
-                        fresh_rejects[e.url] = (f"'{e.url}' would start mid-chunk on '{d}': at position {start}, "
-                                                f"the cube's chunks along '{d}' hold {c}")
-                        break
-                    if (stop - start) % c and stop != axis.size:
-                        fresh_rejects[e.url] = (f"'{e.url}' ends with a partial chunk along '{d}' ({stop - start} "
-                                                f"values, chunks of {c}) that is not at the end of the axis")
-                        break
-                if e.url in fresh_rejects:
-                    break
-                ranges.append((d, start, stop))
-            if e.url not in fresh_rejects:
-                placements.append(Placement(e.url, cell, tuple(ranges)))
-
-        by_cell: dict[tuple[int, ...], list[tuple[str, tuple[tuple[str, int, int], ...]]]] = defaultdict(list)
-        for block in held:
-            by_cell[axes.cell_of(block.cell_values)].append((block.url, block.ranges))
-        for p in placements:
-            if p.url in fresh_rejects:
-                continue
-            clash = next((url for url, ranges in by_cell[p.cell] if _overlaps(p.ranges, ranges)), None)
-            if clash is not None:
-                where = ", ".join(f"{d}={v!r}" for d, v in zip(dims, _cell_values(axes, p.cell), strict=True))
-                fresh_rejects[p.url] = (f"'{p.url}' overlaps '{clash}'" + (f" in the cell {where}" if where else "")
-                                        + (": they share "
-                                           + ", ".join(f"{d} {_fmt(axes.concat[d], s)}" for d, s, _ in p.ranges)
-                                           if p.ranges else ": both map to the same place"))
-                continue
-            by_cell[p.cell].append((p.url, p.ranges))
-
+        placements, fresh_rejects = _place(alive, schema, axes)
+        if not fresh_rejects:
+            fresh_rejects = _overlaps_in_cells(placements, held, axes)
+        if not fresh_rejects:
+            fresh_rejects = _partial_chunks(placements, held, schema, axes, existing)
         if not fresh_rejects:
             return axes, placements, rejected
         rejected.update(fresh_rejects)
+
+
+def _place(alive: list[FileEntry], schema: CubeSchema, axes: Axes) -> tuple[list[Placement], dict[str, str]]:
+    """Each file's cell and ranges; rejects values that are not consecutive or start mid-chunk."""
+    placements: list[Placement] = []
+    rejects: dict[str, str] = {}
+    for e in alive:
+        ranges = []
+        for d in schema.concat:
+            axis = axes.concat[d]
+            pos = np.searchsorted(axis, e.encoded[d])
+            start, stop = int(pos[0]), int(pos[-1]) + 1
+            if stop - start != pos.size:
+                rejects[e.url] = (
+                    f"the '{d}' values of '{e.url}' are not consecutive on the cube's axis: "
+                    f"other files add values between {_fmt(axis, start)} and {_fmt(axis, stop - 1)}"
+                )
+                break
+            bad = next((c for c in sorted(schema.concat_chunks(d)) if start % c), None)
+            if bad is not None:
+                rejects[e.url] = (
+                    f"'{e.url}' would start mid-chunk on '{d}': at position {start}, "
+                    f"the cube's chunks along '{d}' hold {bad}"
+                )
+                break
+            ranges.append((d, start, stop))
+        if e.url not in rejects:
+            placements.append(Placement(e.url, axes.cell_of(e.fields), tuple(ranges)))
+    return placements, rejects
+
+
+def _overlaps_in_cells(placements: list[Placement], held: list[Occupied], axes: Axes) -> dict[str, str]:
+    """Rejects a file whose block overlaps one already in its cell (the later file, in sort order)."""
+    rejects: dict[str, str] = {}
+    by_cell: dict[tuple[int, ...], list[tuple[str, tuple[tuple[str, int, int], ...]]]] = defaultdict(list)
+    for block in held:
+        by_cell[axes.cell_of(block.cell_values)].append((block.url, block.ranges))
+    for p in placements:
+        clash = next((url for url, ranges in by_cell[p.cell] if _overlaps(p.ranges, ranges)), None)
+        if clash is None:
+            by_cell[p.cell].append((p.url, p.ranges))
+            continue
+        where = ", ".join(f"{d}={v!r}" for d, v in zip(axes.pattern, _cell_values(axes, p.cell), strict=True))
+        shared = ", ".join(f"{d} {_fmt(axes.concat[d], s)}" for d, s, _ in p.ranges)
+        rejects[p.url] = (
+            f"'{p.url}' overlaps '{clash}'"
+            + (f" in the cell {where}" if where else "")
+            + (f": they share {shared}" if shared else ": both map to the same place")
+        )
+    return rejects
+
+
+def _partial_chunks(
+    placements: list[Placement], held: list[Occupied], schema: CubeSchema, axes: Axes, existing: Axes | None
+) -> dict[str, str]:
+    """A partial chunk is allowed only at the end of its axis.
+
+    A new file whose last chunk is partial must end the axis. An existing one that does pins the
+    axis: new files may not extend it, or readers would see the stale tail of that chunk.
+    """
+    rejects: dict[str, str] = {}
+    for d in schema.concat:
+        size = int(axes.concat[d].size)
+        old = int(existing.concat[d].size) if existing and d in existing.concat else 0
+        for c in sorted(schema.concat_chunks(d)):
+            pinned = next(
+                (b.url for b in held for dim, a, z in b.ranges if dim == d and z == old and (z - a) % c), None
+            )
+            for p in placements:
+                a, z = p.range_of(d)
+                if pinned is not None and z > old:
+                    rejects[p.url] = (
+                        f"'{p.url}' would extend '{d}' past the partial last chunk of '{pinned}' "
+                        f"(chunks of {c}); run `icefloe build` to rebuild the cube"
+                    )
+                elif (z - a) % c and z != size:
+                    rejects[p.url] = (
+                        f"'{p.url}' ends with a partial chunk along '{d}' ({z - a} values, "
+                        f"chunks of {c}) that is not at the end of the axis"
+                    )
+    return rejects
 
 
 def _cell_values(axes: Axes, cell: tuple[int, ...]) -> list[Any]:

@@ -47,8 +47,11 @@ class LedgerRow:
     at: str = ""
 
     def to_json(self) -> str:
-        return json.dumps({k: v for k, v in asdict(self).items() if v not in ("", {}, 0) or k in ("url", "status")},
-                          separators=(",", ":"), default=str)
+        return json.dumps(
+            {k: v for k, v in asdict(self).items() if v not in ("", {}, 0) or k in ("url", "status")},
+            separators=(",", ":"),
+            default=str,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> LedgerRow:

@@ -20,7 +20,8 @@ __all__ = ["writer_lock"]
 
 def lock_dir() -> Path:
     base = os.environ.get("ICEFLOE_STATE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "icefloe")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "icefloe"
+    )
     path = Path(base) / "locks"
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -82,8 +82,9 @@ def _occupied(state: CubeState, replacing: set[str]) -> list[Occupied]:
     for row in state.ledger.values():
         if row.status != INGESTED or row.url in replacing:
             continue
-        out.append(Occupied(row.url, tuple(row.fields.items()),
-                            tuple((d, int(a), int(b)) for d, (a, b) in row.ranges.items())))
+        out.append(
+            Occupied(row.url, tuple(row.fields.items()), tuple((d, int(a), int(b)) for d, (a, b) in row.ranges.items()))
+        )
     return out
 
 
@@ -95,8 +96,13 @@ def _cell_references(state: CubeState) -> dict[tuple[tuple[str, Any], ...], dict
     return out
 
 
-def plan_update(state: CubeState, pattern: dict[str, str], concat: tuple[str, ...],
-                parsed: list[ParsedBatch], replacing: set[str] | None = None) -> Plan:
+def plan_update(
+    state: CubeState,
+    pattern: dict[str, str],
+    concat: tuple[str, ...],
+    parsed: list[ParsedBatch],
+    replacing: set[str] | None = None,
+) -> Plan:
     """Validate every parsed file against the cube and lay out the accepted ones.
 
     Raises
@@ -114,9 +120,12 @@ def plan_update(state: CubeState, pattern: dict[str, str], concat: tuple[str, ..
 
     schema = state.schema
     if schema is not None and (schema.pattern != pattern or schema.concat != concat):
-        raise SpecError(f"the cube was built with pattern fields {list(schema.pattern)} and concat {list(schema.concat)}; "
-                        f"the spec now says {list(pattern)} and {list(concat)}: run `icefloe build` to rebuild it",
-                        key="source.pattern")
+        raise SpecError(
+            f"the cube was built with pattern fields {list(schema.pattern)} and concat "
+            f"{list(schema.concat)}; "
+            f"the spec now says {list(pattern)} and {list(concat)}: run `icefloe build` to rebuild it",
+            key="source.pattern",
+        )
     fresh = state.fresh
     if schema is None:
         if not entries:
@@ -172,9 +181,11 @@ def plan_update(state: CubeState, pattern: dict[str, str], concat: tuple[str, ..
         for e in members:
             bad = next((p for p, d in e.cell.items() if reference.get(p, d) != d), None)
             if bad is not None:
-                quarantined[e.url] = (f"variable '{bad}' in '{e.url}' differs from {holder} of the same cell "
-                                      f"({where or 'the whole cube'}); variables without a concat dim must be "
-                                      f"equal within a cell")
+                quarantined[e.url] = (
+                    f"variable '{bad}' in '{e.url}' differs from {holder} of the same cell "
+                    f"({where or 'the whole cube'}); variables without a concat dim must be "
+                    f"equal within a cell"
+                )
             else:
                 kept.append(e)
     accepted = sorted(kept, key=lambda e: (e.fields, e.url))
@@ -186,29 +197,52 @@ def plan_update(state: CubeState, pattern: dict[str, str], concat: tuple[str, ..
     batches = [[e.url for e in b.entries if e.url in placed] for b in parsed]
     grows = fresh or existing is None or axes.sizes() != existing.sizes()
     return Plan(
-        schema=schema, axes=axes, fresh=fresh, placements=placed,
-        entries={e.url: e for e in accepted if e.url in placed}, quarantined=quarantined, batches=batches,
-        grows=grows, shared_source=next((e.url for e in accepted if e.url in placed), None) if fresh else None,
+        schema=schema,
+        axes=axes,
+        fresh=fresh,
+        placements=placed,
+        entries={e.url: e for e in accepted if e.url in placed},
+        quarantined=quarantined,
+        batches=batches,
+        grows=grows,
+        shared_source=next((e.url for e in accepted if e.url in placed), None) if fresh else None,
     )
 
 
 def ledger_row(entry: FileEntry, placement: Placement, run: str, at: str) -> LedgerRow:
     """The ledger row that records a placed file."""
     return LedgerRow(
-        url=entry.url, etag=entry.etag, status=INGESTED, size=entry.size, fields=dict(entry.fields),
-        ranges={d: [a, b] for d, a, b in placement.ranges}, checksum=str(entry.checksum),
-        parser=entry.parser, format=entry.format, refs=entry.ref_count, run=run, at=at,
-        layout=entry.layout_key, digests=dict(entry.cell),
+        url=entry.url,
+        etag=entry.etag,
+        status=INGESTED,
+        size=entry.size,
+        fields=dict(entry.fields),
+        ranges={d: [a, b] for d, a, b in placement.ranges},
+        checksum=str(entry.checksum),
+        parser=entry.parser,
+        format=entry.format,
+        refs=entry.ref_count,
+        run=run,
+        at=at,
+        layout=entry.layout_key,
+        digests=dict(entry.cell),
     )
 
 
 def _split(items: list[Any], parts: int) -> list[list[Any]]:
     size = max(1, -(-len(items) // max(parts, 1)))
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def parse_objects(objects: list[SourceObject], batch: int, source: SourceConfig, options: ParseOptions,
-                  executor: Executor, spool: Spool, pattern: dict[str, str]) -> ParsedBatch:
+def parse_objects(
+    objects: list[SourceObject],
+    batch: int,
+    source: SourceConfig,
+    options: ParseOptions,
+    executor: Executor,
+    spool: Spool,
+    pattern: dict[str, str],
+) -> ParsedBatch:
     """Parse a batch of objects over the executor, spool their fragments, keep their entries.
 
     A call whose worker died is retried one object at a time, so the object that kills a parser is
@@ -232,8 +266,7 @@ def parse_objects(objects: list[SourceObject], batch: int, source: SourceConfig,
                 raise StorageError(f"parser workers keep dying ({result.error}); no object was quarantined")
             for url, single in zip(chunk, singles, strict=True):
                 if isinstance(single, CallFailed):
-                    reason = (f"'{url}' crashed the parser process ({single.error})" if single.crashed
-                              else single.error)
+                    reason = f"'{url}' crashed the parser process ({single.error})" if single.crashed else single.error
                     flat.append(ParseFailure(url, reason, transient=not single.crashed))
                 else:
                     flat.extend(single)
@@ -249,8 +282,9 @@ def parse_objects(objects: list[SourceObject], batch: int, source: SourceConfig,
             (out.transient if result.transient else out.failed)[result.url] = result.reason
             continue
         obj = by_url[result.url]
-        entry, schema = summarize_fragment(result, obj, checksum_for(obj.url, obj.etag, obj.last_modified),
-                                           pattern, options.concat)
+        entry, schema = summarize_fragment(
+            result, obj, checksum_for(obj.url, obj.etag, obj.last_modified), pattern, options.concat
+        )
         entry.spool = (batch, len(fragments))
         out.entries.append(entry)
         out.schemas.setdefault(entry.schema_key, schema)

@@ -20,8 +20,16 @@ if TYPE_CHECKING:
 
     from lib.spec import Spec
 
-__all__ = ["BranchState", "commit_session", "history", "is_ancestor", "open_repository", "publish",
-           "reset_branch", "set_manifest_splitting"]
+__all__ = [
+    "BranchState",
+    "commit_session",
+    "history",
+    "is_ancestor",
+    "open_repository",
+    "publish",
+    "reset_branch",
+    "set_manifest_splitting",
+]
 
 os.environ.setdefault("ICECHUNK_LOG", "error")  # a local repository warns about concurrent commits otherwise
 
@@ -57,14 +65,16 @@ def open_repository(spec: Spec, *, create: bool = False) -> icechunk.Repository 
         if not exists:
             if not create:
                 return None
-            return icechunk.Repository.create(storage, _config(spec),
-                                              authorize_virtual_chunk_access=container_credentials(spec))
+            return icechunk.Repository.create(
+                storage, _config(spec), authorize_virtual_chunk_access=container_credentials(spec)
+            )
         stored = icechunk.Repository.fetch_config(storage)
         prefixes = set((stored.virtual_chunk_containers or {}) if stored else {})
         wanted = {c.url_prefix for c in virtual_containers(spec)}
         config = _config(spec, stored) if not wanted <= prefixes else None
-        repo = icechunk.Repository.open(storage, config=config,
-                                        authorize_virtual_chunk_access=container_credentials(spec))
+        repo = icechunk.Repository.open(
+            storage, config=config, authorize_virtual_chunk_access=container_credentials(spec)
+        )
         if config is not None and create:
             repo.save_config()
         return repo
@@ -81,7 +91,8 @@ def set_manifest_splitting(repo: icechunk.Repository, split: dict[str, int]) -> 
     conditions = {ic.ManifestSplitDimCondition.DimensionName(dim): size for dim, size in split.items()}
     config = repo.config
     config.manifest = ic.ManifestConfig(
-        splitting=ic.ManifestSplittingConfig.from_dict({ic.ManifestSplitCondition.AnyArray(): conditions}))
+        splitting=ic.ManifestSplittingConfig.from_dict({ic.ManifestSplitCondition.AnyArray(): conditions})
+    )
     repo = repo.reopen(config=config)
     repo.save_config()
 
@@ -165,13 +176,15 @@ def history(repo: icechunk.Repository, branch: str, limit: int | None = None) ->
     """A branch's snapshots, newest first, with their message and icefloe metadata."""
     out = []
     for info in repo.ancestry(branch=branch):
-        out.append({
-            "snapshot": info.id,
-            "parent": info.parent_id,
-            "written_at": info.written_at.isoformat(),
-            "message": info.message,
-            "metadata": dict(info.metadata or {}),
-        })
+        out.append(
+            {
+                "snapshot": info.id,
+                "parent": info.parent_id,
+                "written_at": info.written_at.isoformat(),
+                "message": info.message,
+                "metadata": dict(info.metadata or {}),
+            }
+        )
         if limit is not None and len(out) >= limit:
             break
     return out

@@ -38,8 +38,17 @@ __all__ = ["CubeRun"]
 class CubeRun:
     """The working state of one run over one cube."""
 
-    def __init__(self, spec: Spec, operation: str, run_id: str, *, flow_run: str | None = None,
-                 urls: list[str] | None = None, replace: bool = False, write: bool = True) -> None:
+    def __init__(
+        self,
+        spec: Spec,
+        operation: str,
+        run_id: str,
+        *,
+        flow_run: str | None = None,
+        urls: list[str] | None = None,
+        replace: bool = False,
+        write: bool = True,
+    ) -> None:
         self.spec = spec
         self.operation = operation
         self.info = RunInfo(run_id=run_id, operation=operation, flow_run=flow_run)
@@ -106,13 +115,14 @@ class CubeRun:
             listed = {o.url for o in objects}
             missing = sorted(self.urls - listed)
             if missing:
-                raise StorageError(f"{len(missing)} named object(s) are not in the source or do not match the "
-                                   f"pattern: {missing[:3]}")
+                raise StorageError(
+                    f"{len(missing)} named object(s) are not in the source or do not match the pattern: {missing[:3]}"
+                )
         self.discovery = classify_objects(objects, self.state.ledger, replace=self.replace, only=self.urls)
         self.discovery.unsafe = unsafe
         size = self.spec.execution.batch_size
         pending = self.discovery.pending
-        self.batches = [pending[i:i + size] for i in range(0, len(pending), size)]
+        self.batches = [pending[i : i + size] for i in range(0, len(pending), size)]
         s = self.summary
         s.discovered = self.discovery.discovered
         s.unchanged = len(self.discovery.unchanged) + len(self.discovery.known_bad)
@@ -128,10 +138,11 @@ class CubeRun:
         StorageError
             Some objects could not be read (after retries); the whole step may be retried.
         """
-        result = parse_objects(self.batches[batch], batch, self.source, self.options, self.executor, self.spool,
-                               self.pattern.fields)
+        result = parse_objects(
+            self.batches[batch], batch, self.source, self.options, self.executor, self.spool, self.pattern.fields
+        )
         if result.transient:
-            url, reason = next(iter(result.transient.items()))
+            reason = next(iter(result.transient.values()))
             raise StorageError(f"{len(result.transient)} object(s) could not be read, e.g. {reason}")
         while len(self.parsed) <= batch:
             self.parsed.append(ParsedBatch(batch=len(self.parsed)))
@@ -144,12 +155,17 @@ class CubeRun:
         replacing = {o.url for o in self.discovery.pending if o.url in self.state.ledger}
         self.plan_ = plan_update(self.state, self.pattern.fields, self.spec.concat, self.parsed, replacing)
         plan = self.plan_
-        unsafe = {url: f"'{url}' has a key that could escape the source prefix ('..', '.', or a NUL)"
-                  for url in self.discovery.unsafe}
+        unsafe = {
+            url: f"'{url}' has a key that could escape the source prefix ('..', '.', or a NUL)"
+            for url in self.discovery.unsafe
+        }
         plan.quarantined.update(unsafe)
         s = self.summary
-        s.dims = cube_sizes(plan.schema, plan.axes) if plan.schema else (
-            cube_sizes(self.state.schema, self.state.axes) if self.state.schema and self.state.axes else {})
+        s.dims = (
+            cube_sizes(plan.schema, plan.axes)
+            if plan.schema
+            else (cube_sizes(self.state.schema, self.state.axes) if self.state.schema and self.state.axes else {})
+        )
         s.parsed = sum(len(b.entries) for b in self.parsed)
         s.fast_path = sum(1 for b in self.parsed for e in b.entries if e.parser == "fast")
         for url, entry in plan.entries.items():
@@ -170,8 +186,16 @@ class CubeRun:
     def commit(self, batch: int) -> int:
         """Place one batch's references in one staging commit; returns the refs written."""
         assert self.repo is not None and self.state is not None and self.plan_ is not None
-        snapshot, refs = commit_batch(self.repo, self.spec, self.state, self.plan_, self.spool, batch, self.info,
-                                      workers=max(1, min(self.spec.execution.workers, 4)))
+        snapshot, refs = commit_batch(
+            self.repo,
+            self.spec,
+            self.state,
+            self.plan_,
+            self.spool,
+            batch,
+            self.info,
+            workers=max(1, min(self.spec.execution.workers, 4)),
+        )
         self.staged = snapshot or self.staged
         self.summary.refs += refs
         return refs
@@ -181,8 +205,9 @@ class CubeRun:
         assert self.repo is not None and self.state is not None
         if self.repo.lookup_branch(self.spec.repo.staging) == self.state.main:
             return []
-        snapshot, self.findings = check_staging(self.repo, self.spec, self.state,
-                                                source_registry(self.spec.source.url, self.spec.source.storage))
+        snapshot, self.findings = check_staging(
+            self.repo, self.spec, self.state, source_registry(self.spec.source.url, self.spec.source.storage)
+        )
         per_file = {u: f.message for f in self.findings if f.scope == FILE for u in f.urls}
         if per_file:
             snapshot = commit_quarantine(self.repo, self.spec, self.state, self.info, per_file, status=QUARANTINED)
@@ -243,6 +268,14 @@ def _read_only_state(repo: icechunk.Repository, spec: Spec, operation: str) -> C
     store = repo.readonly_session(snapshot_id=main).store
     schema = read_schema(store)
     fresh = schema is None or operation == "build"
-    return CubeState(operation, main, main, resumed=False, fresh=fresh, schema=None if fresh else schema,
-                     axes=None if fresh or schema is None else read_axes(store, schema),
-                     ledger={} if fresh else read_ledger(store), ledger_base=ledger_size(store))
+    return CubeState(
+        operation,
+        main,
+        main,
+        resumed=False,
+        fresh=fresh,
+        schema=None if fresh else schema,
+        axes=None if fresh or schema is None else read_axes(store, schema),
+        ledger={} if fresh else read_ledger(store),
+        ledger_base=ledger_size(store),
+    )

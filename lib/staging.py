@@ -26,8 +26,16 @@ if TYPE_CHECKING:
 
     from lib.spec import Spec
 
-__all__ = ["RunInfo", "check_staging", "commit_batch", "commit_prepare", "commit_quarantine", "manifest_split",
-           "quarantine_rows", "rows_since"]
+__all__ = [
+    "RunInfo",
+    "check_staging",
+    "commit_batch",
+    "commit_prepare",
+    "commit_quarantine",
+    "manifest_split",
+    "quarantine_rows",
+    "rows_since",
+]
 
 REFS_PER_MANIFEST = 500_000
 
@@ -42,8 +50,15 @@ class RunInfo:
 
 
 def _metadata(state: CubeState, run: RunInfo, stage: str, **counts: Any) -> dict[str, Any]:
-    meta = {"operation": run.operation, "stage": stage, "run": run.run_id, "main_at_start": state.main,
-            "spec": state.spec_digest, "ledger_base": state.ledger_base, **counts}
+    meta = {
+        "operation": run.operation,
+        "stage": stage,
+        "run": run.run_id,
+        "main_at_start": state.main,
+        "spec": state.spec_digest,
+        "ledger_base": state.ledger_base,
+        **counts,
+    }
     if run.flow_run:
         meta["flow_run"] = run.flow_run
     return {"icefloe": meta}
@@ -59,7 +74,7 @@ def manifest_split(plan: Plan) -> dict[str, int]:
             if var.kind != "virtual" or dim not in var.dims:
                 continue
             cells = 1
-            for d, n in plan.axes.pattern.items():
+            for n in plan.axes.pattern.values():
                 cells *= max(len(n), 1)
             grid = 1
             for d, size, chunk in zip(var.dims, var.shape, var.chunks, strict=True):
@@ -71,12 +86,21 @@ def manifest_split(plan: Plan) -> dict[str, int]:
 
 
 def quarantine_rows(reasons: dict[str, str], etags: dict[str, str], run: RunInfo, at: str) -> list[LedgerRow]:
-    return [LedgerRow(url=url, etag=etags.get(url, ""), status=QUARANTINED, reason=reason, run=run.run_id, at=at)
-            for url, reason in reasons.items()]
+    return [
+        LedgerRow(url=url, etag=etags.get(url, ""), status=QUARANTINED, reason=reason, run=run.run_id, at=at)
+        for url, reason in reasons.items()
+    ]
 
 
-def commit_prepare(repo: icechunk.Repository, spec: Spec, state: CubeState, plan: Plan, spool: Spool,
-                   run: RunInfo, etags: dict[str, str]) -> str:
+def commit_prepare(
+    repo: icechunk.Repository,
+    spec: Spec,
+    state: CubeState,
+    plan: Plan,
+    spool: Spool,
+    run: RunInfo,
+    etags: dict[str, str],
+) -> str:
     """Create (or grow) the cube's arrays and record this run's quarantined files; returns the snapshot."""
     assert plan.schema is not None
     if plan.fresh:
@@ -91,14 +115,25 @@ def commit_prepare(repo: icechunk.Repository, spec: Spec, state: CubeState, plan
         prepare_arrays(session.store, plan.schema, plan.axes, fresh=plan.fresh, shared=shared)
     write_schema(session.store, plan.schema, extra={"spec": state.spec_digest})
     append_rows(session.store, quarantine_rows(plan.quarantined, etags, run, now()))
-    return commit_session(session, f"{run.operation}: prepare {plan.accepted} object(s), "
-                                   f"{len(plan.quarantined)} quarantined",
-                          _metadata(state, run, "prepare", planned=plan.accepted, quarantined=len(plan.quarantined),
-                                    batches=len(plan.batches)))
+    return commit_session(
+        session,
+        f"{run.operation}: prepare {plan.accepted} object(s), {len(plan.quarantined)} quarantined",
+        _metadata(
+            state, run, "prepare", planned=plan.accepted, quarantined=len(plan.quarantined), batches=len(plan.batches)
+        ),
+    )
 
 
-def commit_batch(repo: icechunk.Repository, spec: Spec, state: CubeState, plan: Plan, spool: Spool, batch: int,
-                 run: RunInfo, workers: int = 2) -> tuple[str | None, int]:
+def commit_batch(
+    repo: icechunk.Repository,
+    spec: Spec,
+    state: CubeState,
+    plan: Plan,
+    spool: Spool,
+    batch: int,
+    run: RunInfo,
+    workers: int = 2,
+) -> tuple[str | None, int]:
     """Place one batch's references and ledger rows in one staging commit; returns (snapshot, refs)."""
     assert plan.schema is not None
     urls = set(plan.batches[batch])
@@ -110,10 +145,11 @@ def commit_batch(repo: icechunk.Repository, spec: Spec, state: CubeState, plan: 
     refs = place_batch(session, plan.schema, items, workers=workers)
     at = now()
     append_rows(session.store, [ledger_row(plan.entries[i.placement.url], i.placement, run.run_id, at) for i in items])
-    snapshot = commit_session(session, f"{run.operation}: batch {batch + 1}/{len(plan.batches)}, "
-                                       f"{len(items)} object(s), {refs} refs",
-                              _metadata(state, run, "batch", batch=batch + 1, batches=len(plan.batches),
-                                        ingested=len(items), refs=refs))
+    snapshot = commit_session(
+        session,
+        f"{run.operation}: batch {batch + 1}/{len(plan.batches)}, {len(items)} object(s), {refs} refs",
+        _metadata(state, run, "batch", batch=batch + 1, batches=len(plan.batches), ingested=len(items), refs=refs),
+    )
     return snapshot, refs
 
 
@@ -127,8 +163,9 @@ def current_rows(rows: list[LedgerRow]) -> dict[str, LedgerRow]:
     return {r.url: r for r in rows}
 
 
-def check_staging(repo: icechunk.Repository, spec: Spec, state: CubeState, registry: ObjectStoreRegistry,
-                  seed: int | None = None) -> tuple[str, list[Finding]]:
+def check_staging(
+    repo: icechunk.Repository, spec: Spec, state: CubeState, registry: ObjectStoreRegistry, seed: int | None = None
+) -> tuple[str, list[Finding]]:
     """Run the structural checks and the spot check on staging's tip; returns (snapshot, findings)."""
     from lib.ledger import read_schema
 
@@ -140,17 +177,29 @@ def check_staging(repo: icechunk.Repository, spec: Spec, state: CubeState, regis
     axes = read_axes(store, schema)
     findings = structural_findings(store, schema, axes, spec.checks.monotonic, spec.checks.regular)
     added = [r for r in current_rows(read_rows(store, state.ledger_base)).values() if r.status == INGESTED]
-    candidates = [SpotSample(Placement(r.url, axes.cell_of(r.fields.items()),
-                                       tuple((d, a, b) for d, (a, b) in r.ranges.items())), r.format, r.layout)
-                  for r in added]
+    candidates = [
+        SpotSample(
+            Placement(r.url, axes.cell_of(r.fields.items()), tuple((d, a, b) for d, (a, b) in r.ranges.items())),
+            r.format,
+            r.layout,
+        )
+        for r in added
+    ]
     samples = choose_samples(candidates, spec.checks.spot_check.files, seed=seed)
-    findings += spot_check(store, schema, samples, registry,
-                           chunks_per_variable=spec.checks.spot_check.chunks_per_variable, seed=seed)
+    findings += spot_check(
+        store, schema, samples, registry, chunks_per_variable=spec.checks.spot_check.chunks_per_variable, seed=seed
+    )
     return snapshot, findings
 
 
-def commit_quarantine(repo: icechunk.Repository, spec: Spec, state: CubeState, run: RunInfo,
-                      reasons: dict[str, str], status: str = QUARANTINED) -> str:
+def commit_quarantine(
+    repo: icechunk.Repository,
+    spec: Spec,
+    state: CubeState,
+    run: RunInfo,
+    reasons: dict[str, str],
+    status: str = QUARANTINED,
+) -> str:
     """Take files back out of the staged cube (refs and native values reset) and record why."""
     from lib.ledger import read_ledger, read_schema
 
@@ -166,15 +215,26 @@ def commit_quarantine(repo: icechunk.Repository, spec: Spec, state: CubeState, r
         row = ledger.get(url)
         if row is None or row.status != INGESTED:
             continue
-        placements.append(Placement(url, axes.cell_of(row.fields.items()),
-                                    tuple((d, a, b) for d, (a, b) in row.ranges.items())))
-        rows.append(LedgerRow(url=url, etag=row.etag, status=status, size=row.size, reason=reason, run=run.run_id,
-                              at=at, fields=row.fields))
+        placements.append(
+            Placement(url, axes.cell_of(row.fields.items()), tuple((d, a, b) for d, (a, b) in row.ranges.items()))
+        )
+        rows.append(
+            LedgerRow(
+                url=url,
+                etag=row.etag,
+                status=status,
+                size=row.size,
+                reason=reason,
+                run=run.run_id,
+                at=at,
+                fields=row.fields,
+            )
+        )
     taken = {p.url for p in placements}
     remaining = {axes.cell_of(r.fields.items()) for r in ledger.values() if r.status == INGESTED and r.url not in taken}
     clear_blocks(store, schema, placements, cells_emptied={p.cell for p in placements} - remaining)
     append_rows(store, rows)
     verb = "quarantine" if status == QUARANTINED else "remove"
-    return commit_session(session, f"{run.operation}: {verb} {len(rows)} object(s)",
-                          _metadata(state, run, verb, quarantined=len(rows)))
-
+    return commit_session(
+        session, f"{run.operation}: {verb} {len(rows)} object(s)", _metadata(state, run, verb, quarantined=len(rows))
+    )

@@ -87,10 +87,29 @@ def open_cube(repo: icechunk.Repository, spec: Spec, operation: str) -> CubeStat
     schema = read_schema(store)
     fresh = schema is None or (operation == "build" and not resumable)
     if fresh:
-        return CubeState(operation, tips.main, staging, resumed=False, fresh=True, schema=None, axes=None,
-                         ledger={}, ledger_base=0, spec_digest=digest)
+        return CubeState(
+            operation,
+            tips.main,
+            staging,
+            resumed=False,
+            fresh=True,
+            schema=None,
+            axes=None,
+            ledger={},
+            ledger_base=0,
+            spec_digest=digest,
+        )
     assert schema is not None
     base = int(meta.get("ledger_base", 0)) if resumable else ledger_size(store)
-    return CubeState(operation, tips.main, staging, resumed=resumable, fresh=False, schema=schema,
-                     axes=read_axes(store, schema), ledger=read_ledger(store), ledger_base=base,
-                     spec_digest=digest)
+    return CubeState(
+        operation,
+        tips.main,
+        staging,
+        resumed=resumable,
+        fresh=False,
+        schema=schema,
+        axes=read_axes(store, schema),
+        ledger=read_ledger(store),
+        ledger_base=base,
+        spec_digest=digest,
+    )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from lib.errors import SpecError
+from lib.errors import SpecError, StorageError
 
 if TYPE_CHECKING:
     import icechunk
@@ -87,6 +87,8 @@ def object_store(url: str, options: StorageOptions | None = None, *, rooted: boo
     if loc.scheme == "file":
         if not rooted:
             return LocalStore()
+        if not os.path.isdir(loc.key):
+            raise StorageError(f"cannot list {url}: the directory does not exist")
         return LocalStore(prefix=loc.key if loc.key else "/")
     client_options: dict[str, Any] = {"timeout": "120s", "connect_timeout": "10s"}
     if options is not None and options.allow_http:
@@ -97,8 +99,11 @@ def object_store(url: str, options: StorageOptions | None = None, *, rooted: boo
         prefix=prefix,
         config=_s3_config(options),
         client_options=client_options,
-        retry_config={"max_retries": 4, "backoff": {"init_backoff": dt.timedelta(milliseconds=200)},
-                      "retry_timeout": dt.timedelta(seconds=60)},
+        retry_config={
+            "max_retries": 4,
+            "backoff": {"init_backoff": dt.timedelta(milliseconds=200)},
+            "retry_timeout": dt.timedelta(seconds=60),
+        },
     )
 
 

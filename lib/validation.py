@@ -91,8 +91,12 @@ class VariableSchema:
         sig: dict[str, Any] = {"role": self.role, "kind": self.kind, "dims": list(self.dims), "shape": shape}
         if self.kind == "virtual":
             chunks = list(self.chunks)
-            sig.update(data_type=self.metadata["data_type"], chunks=chunks, codecs=self.metadata["codecs"],
-                       fill_value=self.metadata["fill_value"])
+            sig.update(
+                data_type=self.metadata["data_type"],
+                chunks=chunks,
+                codecs=self.metadata["codecs"],
+                fill_value=self.metadata["fill_value"],
+            )
             sig.update({k: self.attributes[k] for k in ENCODING_ATTRIBUTES if k in self.attributes})
         elif self.role != CONCAT:
             sig.update(data_type=self.metadata["data_type"])
@@ -132,8 +136,9 @@ class CubeSchema:
             "version": SCHEMA_VERSION,
             "pattern": self.pattern,
             "concat": list(self.concat),
-            "variables": {p: {"role": v.role, "kind": v.kind, "metadata": v.metadata}
-                          for p, v in self.variables.items()},
+            "variables": {
+                p: {"role": v.role, "kind": v.kind, "metadata": v.metadata} for p, v in self.variables.items()
+            },
             "attributes": self.attributes,
             "groups": self.groups,
             "concat_encoding": self.concat_encoding,
@@ -145,8 +150,7 @@ class CubeSchema:
         return cls(
             pattern=dict(data["pattern"]),
             concat=tuple(data["concat"]),
-            variables={p: VariableSchema(p, v["role"], v["kind"], v["metadata"])
-                       for p, v in data["variables"].items()},
+            variables={p: VariableSchema(p, v["role"], v["kind"], v["metadata"]) for p, v in data["variables"].items()},
             attributes=data.get("attributes", {}),
             groups=data.get("groups", {}),
             concat_encoding=data.get("concat_encoding", {}),
@@ -195,8 +199,13 @@ def schema_of(fragment: Fragment, pattern: dict[str, str], concat: tuple[str, ..
         path: VariableSchema(path, role_of(item, concat), "native" if item.native else "virtual", item.metadata)
         for path, item in fragment.arrays.items()
     }
-    schema = CubeSchema(pattern=dict(pattern), concat=concat, variables=variables,
-                        attributes=fragment.attributes, groups=fragment.groups)
+    schema = CubeSchema(
+        pattern=dict(pattern),
+        concat=concat,
+        variables=variables,
+        attributes=fragment.attributes,
+        groups=fragment.groups,
+    )
     for path, v in variables.items():
         if v.role == SHARED:
             schema.shared[path] = _variable_digest(fragment.arrays[path])
@@ -221,8 +230,9 @@ def _variable_digest(item: ArrayFragment) -> str:
     return _digest(item.lengths if item.lengths is not None else np.zeros(0, np.uint64))
 
 
-def summarize_fragment(fragment: Fragment, obj: SourceObject, checksum: Any, pattern: dict[str, str],
-                       concat: tuple[str, ...]) -> tuple[FileEntry, CubeSchema]:
+def summarize_fragment(
+    fragment: Fragment, obj: SourceObject, checksum: Any, pattern: dict[str, str], concat: tuple[str, ...]
+) -> tuple[FileEntry, CubeSchema]:
     """Reduce a fragment to its entry, plus the schema it would have on its own."""
     schema = schema_of(fragment, pattern, concat)
     coords: dict[str, ConcatCoordinate] = {}
@@ -233,20 +243,34 @@ def summarize_fragment(fragment: Fragment, obj: SourceObject, checksum: Any, pat
             coords[dim] = ConcatCoordinate(values, decoding_attributes(item.attributes, values.dtype))
     layout = _digest({p: [a.shape, a.storage] for p, a in sorted(fragment.arrays.items())}, schema.key)
     entry = FileEntry(
-        url=fragment.url, etag=obj.etag, size=obj.size, checksum=checksum, fields=obj.fields,
-        format=fragment.format, parser=fragment.parser, schema_key=schema.key, layout_key=layout,
+        url=fragment.url,
+        etag=obj.etag,
+        size=obj.size,
+        checksum=checksum,
+        fields=obj.fields,
+        format=fragment.format,
+        parser=fragment.parser,
+        schema_key=schema.key,
+        layout_key=layout,
         concat=coords,
         shared={p: d for p, d in schema.shared.items()},
         cell={p: _variable_digest(fragment.arrays[p]) for p, v in schema.variables.items() if v.role == CELL},
-        ref_count=fragment.ref_count, skipped=list(fragment.skipped), notes=list(fragment.notes),
+        ref_count=fragment.ref_count,
+        skipped=list(fragment.skipped),
+        notes=list(fragment.notes),
     )
     return entry, schema
 
 
 def _show(value: Any) -> str:
     if isinstance(value, list) and value and isinstance(value[0], dict):
-        return "[" + ", ".join(c.get("name", "?") + (f"({c['configuration']})" if c.get("configuration") else "")
-                               for c in value) + "]"
+        return (
+            "["
+            + ", ".join(
+                c.get("name", "?") + (f"({c['configuration']})" if c.get("configuration") else "") for c in value
+            )
+            + "]"
+        )
     return json.dumps(value) if not isinstance(value, str) else repr(value)
 
 
@@ -260,25 +284,37 @@ def compare_schemas(file_schema: CubeSchema, cube: CubeSchema, url: str) -> str 
         return f"'{url}' lacks variable '{missing[0]}' that the cube has"
     extra = sorted(set(file_schema.variables) - set(cube.variables))
     if extra:
-        return (f"'{url}' has variable '{extra[0]}' that the cube does not have "
-                f"(list it under variables.drop to leave it out)")
+        return (
+            f"'{url}' has variable '{extra[0]}' that the cube does not have "
+            f"(list it under variables.drop to leave it out)"
+        )
     for path in sorted(cube.variables):
         mine, theirs = file_schema.variables[path], cube.variables[path]
         a, b = mine.signature(cube.concat), theirs.signature(cube.concat)
         if a == b:
             continue
-        for key in ("role", "kind", "dims", "shape", "data_type", "chunks", "codecs", "fill_value",
-                    *ENCODING_ATTRIBUTES):
+        for key in (
+            "role",
+            "kind",
+            "dims",
+            "shape",
+            "data_type",
+            "chunks",
+            "codecs",
+            "fill_value",
+            *ENCODING_ATTRIBUTES,
+        ):
             if a.get(key) != b.get(key):
                 what = {"kind": "storage", "data_type": "dtype", "role": "role"}.get(key, key)
                 if key in ENCODING_ATTRIBUTES:
                     what = f"attribute {key}"
                 if key == "kind":
-                    return (f"variable '{path}' in '{url}' is {'referenced' if a[key] == 'virtual' else 'stored natively'}"
-                            f"; the cube has it {'referenced' if b[key] == 'virtual' else 'native'}")
-                mine_v = a.get(key, "(none)") if key in a else "(none)"
-                theirs_v = b.get(key, "(none)") if key in b else "(none)"
-                return f"variable '{path}' in '{url}' has {what} {_show(mine_v)}; the cube has {_show(theirs_v)}"
+                    mine_kind = "referenced" if a[key] == "virtual" else "stored natively"
+                    theirs_kind = "referenced" if b[key] == "virtual" else "native"
+                    return f"variable '{path}' in '{url}' is {mine_kind}; the cube has it {theirs_kind}"
+                mine_v = _show(a[key]) if key in a else "none"
+                theirs_v = _show(b[key]) if key in b else "none"
+                return f"variable '{path}' in '{url}' has {what} {mine_v}; the cube has {theirs_v}"
     return None
 
 
@@ -330,7 +366,8 @@ def encode_concat_values(entries: list[FileEntry], dim: str, encoding: dict[str,
             with warnings.catch_warnings():
                 warnings.simplefilter("error")
                 encoded = conventions.encode_cf_variable(
-                    xr.Variable((dim,), decoded.values, {}, encoding=dict(enc)), name=dim)
+                    xr.Variable((dim,), decoded.values, {}, encoding=dict(enc)), name=dim
+                )
                 back = _decode(np.asarray(encoded.values), dict(encoded.attrs), dim)
             values = np.asarray(encoded.values)
             # xarray may respell the units ("... 00:00:00" dropped): the round trip decides exactness
@@ -343,17 +380,19 @@ def encode_concat_values(entries: list[FileEntry], dim: str, encoding: dict[str,
         for member, n in zip(members, sizes, strict=True):
             if problem is not None or values is None:
                 shown = f"units {coord0.attrs.get('units')!r}" if "units" in coord0.attrs else "its encoding"
-                failures[member.url] = (f"coordinate '{dim}' in '{member.url}' ({shown}) {problem} in the cube's "
-                                        f"encoding {_describe_encoding(encoding)}")
+                failures[member.url] = (
+                    f"coordinate '{dim}' in '{member.url}' ({shown}) {problem} in the cube's "
+                    f"encoding {_describe_encoding(encoding)}"
+                )
             else:
-                member.encoded[dim] = values[start:start + n]
+                member.encoded[dim] = values[start : start + n]
             start += n
     return failures
 
 
 def _describe_encoding(encoding: dict[str, Any]) -> str:
     parts = [f"{k} {v!r}" for k, v in encoding.items() if k != "dtype"]
-    return f"({', '.join(parts + [f'dtype {np.dtype(encoding['dtype']).name}'])})"
+    return f"({', '.join([*parts, f'dtype {np.dtype(encoding["dtype"]).name}'])})"
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:

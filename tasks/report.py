@@ -16,8 +16,12 @@ def _key(name: str, kind: str) -> str:
 @task(name="report-run", **ONCE)
 def report_run(summary: RunSummary, cube: str) -> None:
     """Publish the run's summary (and its quarantined objects) as artifacts."""
-    create_markdown_artifact(summary.markdown(), key=_key(cube, "summary"),
-                             description=f"icefloe {summary.operation} of {cube}")
+    create_markdown_artifact(
+        summary.markdown(), key=_key(cube, "summary"), description=f"icefloe {summary.operation} of {cube}"
+    )
     if summary.quarantined:
-        create_table_artifact(summary.quarantined, key=_key(cube, "quarantined"),
-                              description="objects refused in this run, with the reason")
+        create_table_artifact(
+            summary.quarantined,
+            key=_key(cube, "quarantined"),
+            description="objects refused in this run, with the reason",
+        )

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from lib.errors import SourceError, StorageError
 from lib.parsing.formats import HEAD_BYTES, describe_head, detect_format
-from lib.parsing.fragment import ArrayFragment, Fragment
+from lib.parsing.fragment import ArrayFragment, Fragment, name_phony_dims
 from lib.parsing.policy import ParseOptions
 from lib.parsing.readers import read_head
 
@@ -94,7 +94,9 @@ def parse_source(url: str, registry: ObjectStoreRegistry, options: ParseOptions)
         from lib.parsing.hdf5 import parse_hdf5
 
         try:
-            return parse_hdf5(url, registry, options)
+            fragment = parse_hdf5(url, registry, options)
+            name_phony_dims(fragment)
+            return fragment
         except Exception as e:
             if is_transient(e):
                 raise StorageError(f"reading '{url}' failed: {type(e).__name__}: {e}") from e
@@ -112,6 +114,7 @@ def parse_source(url: str, registry: ObjectStoreRegistry, options: ParseOptions)
         raise SourceError(f"'{url}' cannot be parsed as {fmt}: {'; '.join(errors)}", url=url) from e
     if errors:
         fragment.notes.append(f"fell back to VirtualiZarr after the {errors[0]}")
+    name_phony_dims(fragment)
     return fragment
 
 
@@ -120,8 +123,9 @@ def _short(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
 
 
-def parse_batch(urls: list[str], source: SourceConfig, options: ParseOptions,
-                retries: int = 3, backoff: float = 0.5) -> list[Fragment | ParseFailure]:
+def parse_batch(
+    urls: list[str], source: SourceConfig, options: ParseOptions, retries: int = 3, backoff: float = 0.5
+) -> list[Fragment | ParseFailure]:
     """Parse a batch of objects, isolating failures per object.
 
     This is what every executor runs in its workers: it takes plain values, builds its own store

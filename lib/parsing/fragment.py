@@ -112,8 +112,11 @@ def _safe_value(value: Any, where: str, notes: list[str]) -> Any:
     fill values), complex numbers a [real, imag] pair, bytes that are not UTF-8 a base64 string.
     """
     if isinstance(value, np.ndarray):
-        return [_safe_value(v, where, notes) for v in value.tolist()] if value.ndim else _safe_value(
-            value.item(), where, notes)
+        return (
+            [_safe_value(v, where, notes) for v in value.tolist()]
+            if value.ndim
+            else _safe_value(value.item(), where, notes)
+        )
     if isinstance(value, np.generic):
         return _safe_value(value.item(), where, notes)
     if isinstance(value, (list, tuple)):
@@ -125,10 +128,11 @@ def _safe_value(value: Any, where: str, notes: list[str]) -> Any:
     if isinstance(value, float):
         if math.isfinite(value):
             return value
-        notes.append(f"attribute {where} = {value!r} stored as a string")
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        spelled = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        notes.append(f'attribute {where} holds {value!r}, which JSON cannot: stored as the string "{spelled}"')
+        return spelled
     if isinstance(value, complex):
-        notes.append(f"attribute {where} = {value!r} stored as [real, imag]")
+        notes.append(f"attribute {where} holds the complex number {value!r}: stored as [real, imag]")
         return [_safe_value(value.real, where, notes), _safe_value(value.imag, where, notes)]
     if isinstance(value, bytes):
         try:
@@ -145,6 +149,44 @@ def json_safe_attributes(attributes: dict[str, Any], owner: str, notes: list[str
     out = {}
     for key, value in attributes.items():
         name = key if isinstance(key, str) else str(key)
-        out[name] = _safe_value(value, f"{owner}:{name}", notes)
+        out[name] = _safe_value(value, f"'{name}' of '{owner}'", notes)
     # round-trip through JSON so the fragment holds exactly what a zarr.json will hold
     return json.loads(json.dumps(out, allow_nan=False))
+
+
+_PHONY = "phony_dim_"
+
+
+def name_phony_dims(fragment: Fragment) -> None:
+    """Name the dims of HDF5 datasets without dimension scales the way netCDF-C and h5netcdf do.
+
+    Parsers call every unlabeled axis ``phony_dim_{axis}``, which gives one name two lengths as soon
+    as two datasets differ in shape. Instead, within each group, each distinct length gets its own
+    ``phony_dim_N`` (as many per length as the most any one dataset needs), numbered across the file
+    in order of appearance, as ``xr.open_dataset(..., engine="h5netcdf", phony_dims="sort")`` names them.
+    """
+    from collections import Counter
+
+    groups: dict[str, list[ArrayFragment]] = {}
+    for item in fragment.arrays.values():
+        if any(d.startswith(_PHONY) for d in item.dims):
+            groups.setdefault(item.group, []).append(item)
+    counter = 0
+    for _group, items in groups.items():
+        needed: Counter[int] = Counter()
+        for item in items:
+            needed |= Counter(s for d, s in zip(item.dims, item.shape, strict=True) if d.startswith(_PHONY))
+        names: dict[int, list[str]] = {}
+        for size, count in needed.items():
+            names[size] = [f"{_PHONY}{counter + i}" for i in range(count)]
+            counter += count
+        for item in items:
+            used: Counter[int] = Counter()
+            dims = []
+            for d, s in zip(item.dims, item.shape, strict=True):
+                if d.startswith(_PHONY):
+                    dims.append(names[s][used[s]])
+                    used[s] += 1
+                else:
+                    dims.append(d)
+            item.metadata["dimension_names"] = dims

@@ -63,8 +63,13 @@ def _array_template(dtype_str: str, codecs: str, fill: str) -> tuple[Any, Any, A
     dtype = np.dtype(dtype_str) if dtype_str != "StringDType" else np.dtypes.StringDType()
     fill_value = json.loads(fill)
     metadata = create_v3_array_metadata(
-        shape=(1,), data_type=dtype, chunk_shape=(1,), fill_value=_fill_from_json(fill_value, dtype),
-        codecs=json.loads(codecs), attributes={}, dimension_names=("x",),
+        shape=(1,),
+        data_type=dtype,
+        chunk_shape=(1,),
+        fill_value=_fill_from_json(fill_value, dtype),
+        codecs=json.loads(codecs),
+        attributes={},
+        dimension_names=("x",),
     )
     document = json.loads(metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes())
     return document["data_type"], document["codecs"], document["fill_value"]
@@ -136,8 +141,9 @@ def _layout(dataset: Any) -> str:
     return "chunked"
 
 
-def _array_fragment(url: str, dataset: Any, group: str, path: str, options: ParseOptions,
-                    notes: list[str]) -> ArrayFragment:
+def _array_fragment(
+    url: str, dataset: Any, group: str, path: str, options: ParseOptions, notes: list[str]
+) -> ArrayFragment:
     from virtualizarr.codecs import zarr_codec_config_to_v3
     from virtualizarr.parsers.hdf.filters import codecs_from_dataset
     from virtualizarr.parsers.hdf.hdf import (

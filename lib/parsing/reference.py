@@ -63,9 +63,14 @@ def _hdf5_layouts(url: str, registry: ObjectStoreRegistry) -> dict[str, tuple[st
     import h5py
 
     layouts: dict[str, tuple[str, str | None]] = {}
-    names = {h5py.h5d.COMPACT: "compact", h5py.h5d.CONTIGUOUS: "contiguous", h5py.h5d.CHUNKED: "chunked",
-             h5py.h5d.VIRTUAL: "virtual"}
+    names = {
+        h5py.h5d.COMPACT: "compact",
+        h5py.h5d.CONTIGUOUS: "contiguous",
+        h5py.h5d.CHUNKED: "chunked",
+        h5py.h5d.VIRTUAL: "virtual",
+    }
     with open_source(url, registry) as handle, h5py.File(handle, "r") as f:
+
         def visit(name: str, obj: Any) -> None:
             if not isinstance(obj, h5py.Dataset):
                 return
@@ -169,8 +174,11 @@ def parse_with_virtualizarr(url: str, fmt: str, registry: ObjectStoreRegistry, o
         is_inlined = bool(manifest._inlined)
         foreign = {p for p in np.unique(paths).tolist() if p not in ("", url, INLINED)}
         if foreign:
-            raise SourceError(f"variable '{path}' in '{url}' has chunks in other objects: {sorted(foreign)[:3]}",
-                              url=url, variable=path)
+            raise SourceError(
+                f"variable '{path}' in '{url}' has chunks in other objects: {sorted(foreign)[:3]}",
+                url=url,
+                variable=path,
+            )
         layout = layouts.get(path, ("chunked", None))[0]
         storage = "inlined" if is_inlined else layout
         nbytes = int(np.prod(metadata["shape"])) * 8
@@ -190,7 +198,7 @@ def parse_with_virtualizarr(url: str, fmt: str, registry: ObjectStoreRegistry, o
 
     if fmt == "hdf5":
         # datasets VirtualiZarr dropped although they are real variables (declared, never written)
-        for path, (layout, marker) in layouts.items():
+        for path, (_, marker) in layouts.items():
             if path in fragment.arrays or path in skipped_paths or options.dropped(path):
                 continue
             if marker and marker.startswith(NETCDF_DIMENSION_MARKER):

@@ -1,0 +1,106 @@
+"""The command line as users and scripts use it: exit codes, one JSON object on stdout, flows on a real
+Prefect server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import xarray as xr
+
+from lib.demo import DemoShape, demo_spec, write_bad_file, write_demo_archive
+from lib.spec import load_spec
+from tests.helpers import file_url, locations, open_cube
+
+pytestmark = pytest.mark.integration
+
+
+def icefloe(cli: str, *args: str, cwd: Path | None = None) -> tuple[int, dict | None, str]:
+    p = subprocess.run([cli, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600, cwd=cwd)
+    try:
+        out = json.loads(p.stdout) if p.stdout.strip() else None
+    except json.JSONDecodeError:
+        raise AssertionError(f"stdout is not one JSON object: {p.stdout!r}") from None
+    return p.returncode, out, p.stderr
+
+
+@pytest.fixture
+def demo_archive(workdir: Path) -> Path:
+    shape = DemoShape(polygons=2, months=2, steps=2)
+    write_demo_archive(workdir / "archive", shape)
+    write_bad_file(workdir / "archive", shape)
+    spec = workdir / "cube.yaml"
+    spec.write_text(demo_spec(workdir / "archive", workdir / "cube"))
+    return spec
+
+
+def test_plan_build_log_through_the_cli(prefect_server: str, icefloe_cli: str, demo_archive: Path) -> None:
+    code, plan, err = icefloe(icefloe_cli, "plan", str(demo_archive), "--json")
+    assert code == 0, err
+    assert plan["discovered"] == 9 and len(plan["pending"]) == 9 and len(plan["would_ingest"]) == 8
+    assert plan["dims"] == {"polygon": 2, "month": 2, "time": 2, "depth": 5, "lat": 16, "lon": 16}
+    assert not (demo_archive.parent / "cube").exists()  # a dry run writes nothing
+
+    code, out, err = icefloe(icefloe_cli, "build", str(demo_archive), "--json")
+    assert code == 3, err
+    assert out["discovered"] == out["ingested"] + out["unchanged"] + len(out["changed"]) + len(out["quarantined"])
+    assert out["ingested"] == 8 and out["quarantined"][0]["url"].endswith("step_0002.nc")
+    assert "has chunks" in out["quarantined"][0]["reason"]
+    spec = load_spec(demo_archive)
+    assert out["snapshot"] == __import__("tests.helpers").helpers.open_repo(spec).lookup_branch("main")
+    assert out["fast_path_share"] == 1.0
+
+    code, history, err = icefloe(icefloe_cli, "log", str(demo_archive), "--json")
+    assert code == 0, err
+    meta = history["snapshots"][0]["metadata"]["icefloe"]
+    assert meta["operation"] == "build" and meta["flow_run"]  # each commit names its flow run
+    code, _, err = icefloe(icefloe_cli, "log", str(demo_archive))
+    assert code == 0 and "history of main" in err
+
+    good = sorted(p for p in (demo_archive.parent / "archive").rglob("*.nc") if p.name != "step_0002.nc")
+    assert locations(spec) == {file_url(p) for p in good}
+    cube = open_cube(spec)
+    one = xr.open_dataset(good[0]).load()
+    xr.testing.assert_identical(cube.DIC.sel(polygon=0, month=1, time=one.time, drop=True).load(), one.DIC)
+
+
+def test_spec_and_usage_errors_exit_2_with_json(icefloe_cli: str, demo_archive: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(demo_archive.read_text() + "sourse: typo\n")
+    code, out, _ = icefloe(icefloe_cli, "build", str(bad), "--json")
+    assert code == 2 and "sourse" in out["error"] and out["key"] == "sourse"
+    code, out, _ = icefloe(icefloe_cli, "build", str(tmp_path / "missing.yaml"), "--json")
+    assert code == 2 and "does not exist" in out["error"]
+    code, out, _ = icefloe(icefloe_cli, "build", "--json")
+    assert code == 2 and "error" in out
+    code, out, err = icefloe(icefloe_cli, "build", str(bad))
+    assert code == 2 and out is None and "unknown key 'sourse'" in err
+
+
+def test_unreachable_source_exits_1_with_one_line(icefloe_cli: str, tmp_path: Path) -> None:
+    spec = tmp_path / "cube.yaml"
+    spec.write_text(demo_spec(tmp_path / "nowhere", tmp_path / "cube"))
+    code, out, err = icefloe(icefloe_cli, "plan", str(spec), "--json")
+    assert code == 1 and "does not exist" in out["error"] and "Traceback" not in err
+
+
+def test_help_explains_every_command(icefloe_cli: str) -> None:
+    p = subprocess.run([icefloe_cli, "--help"], capture_output=True, text=True)
+    assert p.returncode == 0
+    for command in ("build", "ingest", "plan", "log", "demo"):
+        assert command in p.stdout
+    p = subprocess.run([icefloe_cli, "build", "--help"], capture_output=True, text=True)
+    assert "--json" in p.stdout and "spec" in p.stdout.lower()
+
+
+def test_demo_runs_end_to_end(prefect_server: str, icefloe_cli: str, tmp_path: Path) -> None:
+    code, out, err = icefloe(icefloe_cli, "demo", "--dir", str(tmp_path / "demo"), "--json")
+    assert code == 0, err
+    build = out["build"]
+    assert build["ingested"] == 24 and len(build["quarantined"]) == 1
+    assert build["dims"] == {"polygon": 2, "month": 3, "time": 4, "depth": 5, "lat": 16, "lon": 16}
+    namespace: dict = {}
+    exec(out["open"], namespace)  # the snippet the demo prints really opens the cube
+    assert namespace["cube"].DIC.shape == (2, 3, 4, 5, 16, 16)

@@ -1,0 +1,80 @@
+"""Pattern grammar, listing through obstore, and sorting objects against the ledger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lib.discovery import classify_objects, compile_pattern, list_sources
+from lib.errors import StorageError
+from lib.ledger import LedgerRow
+from lib.storage import object_store
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path", "expected"),
+    [
+        ("polygon_{polygon:d}/month_{month:d}/*.nc", "polygon_007/month_3/step_1.nc", {"polygon": 7, "month": 3}),
+        ("polygon_{polygon:d}/month_{month:d}/*.nc", "polygon_007/month_3/sub/step_1.nc", None),
+        ("polygon_{polygon:d}/*.nc", "polygon_x/a.nc", None),
+        ("{model}/{member}/*.nc", "cesm/r1i1p1/tas.nc", {"model": "cesm", "member": "r1i1p1"}),
+        ("{model}/*.nc", "a/b/tas.nc", None),  # a field stays within one segment
+        ("**/*.nc", "a/b/c/tas.nc", {}),
+        ("**/*.nc", "tas.nc", {}),
+        ("data_??.nc", "data_01.nc", {}),
+        ("data_??.nc", "data_001.nc", None),
+        ("*.nc", "tas.nc.bak", None),
+    ],
+)
+def test_pattern_matching(pattern: str, path: str, expected: dict | None) -> None:
+    assert compile_pattern(pattern).match(path) == expected
+
+
+def test_pattern_fields_and_listing_prefix() -> None:
+    p = compile_pattern("runs/polygon_{polygon:d}/{tag}/*.nc")
+    assert p.fields == {"polygon": "int", "tag": "str"}
+    assert p.prefix == "runs/"
+    assert compile_pattern("*.nc").prefix == ""
+
+
+def test_listing_matches_sorts_and_ignores_the_rest(tmp_path: Path) -> None:
+    for rel in ["polygon_10/a.nc", "polygon_2/b.nc", "polygon_2/a.nc", "polygon_2/notes.txt", "other/x.nc"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x" * 3)
+    url = f"file://{tmp_path}/"
+    found, unsafe = list_sources(url, object_store(url), compile_pattern("polygon_{polygon:d}/*.nc"))
+    assert [o.url.removeprefix(url) for o in found] == ["polygon_2/a.nc", "polygon_2/b.nc", "polygon_10/a.nc"]
+    assert [o.field_values for o in found] == [{"polygon": 2}, {"polygon": 2}, {"polygon": 10}]
+    assert all(o.size == 3 and o.etag for o in found)
+    assert unsafe == []
+
+
+def test_listing_a_missing_directory_is_a_storage_error(tmp_path: Path) -> None:
+    url = f"file://{tmp_path}/missing/"
+    with pytest.raises(StorageError, match="cannot list"):
+        list_sources(url, object_store(url), compile_pattern("*.nc"))
+
+
+def test_classify_against_the_ledger(tmp_path: Path) -> None:
+    for name in "abcde":
+        (tmp_path / f"{name}.nc").write_bytes(name.encode())
+    url = f"file://{tmp_path}/"
+    found, _ = list_sources(url, object_store(url), compile_pattern("*.nc"))
+    etag = {o.url: o.etag for o in found}
+    ledger = {
+        url + "a.nc": LedgerRow(url + "a.nc", etag[url + "a.nc"], "ingested"),
+        url + "b.nc": LedgerRow(url + "b.nc", "old-etag", "ingested"),
+        url + "c.nc": LedgerRow(url + "c.nc", etag[url + "c.nc"], "quarantined", reason="bad"),
+        url + "d.nc": LedgerRow(url + "d.nc", "old-etag", "quarantined", reason="bad"),
+    }
+    d = classify_objects(found, ledger)
+    assert [o.url for o in d.unchanged] == [url + "a.nc"]
+    assert [o.url for o in d.changed] == [url + "b.nc"]
+    assert [o.url for o in d.known_bad] == [url + "c.nc"]
+    assert sorted(o.url for o in d.pending) == [url + "d.nc", url + "e.nc"]  # new, and bad-but-changed
+    assert d.discovered == 5
+    replaced = classify_objects(found, ledger, replace=True)
+    assert url + "b.nc" in {o.url for o in replaced.pending} and not replaced.changed
+    only = classify_objects(found, ledger, only={url + "e.nc"})
+    assert [o.url for o in only.pending] == [url + "e.nc"] and only.discovered == 1
