@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lib.errors import IcefloeError, PublishBlocked, SpecError
-from lib.report import EXIT_BAD_SPEC, EXIT_FAILED, EXIT_OK, EXIT_QUARANTINED
+from lib.report import EXIT_BAD_SPEC, EXIT_DRIFT, EXIT_FAILED, EXIT_OK, EXIT_QUARANTINED
 
 console = Console(stderr=True, highlight=False)
 
@@ -64,9 +64,15 @@ def _quiet_prefect(debug: bool) -> None:
 
 
 def _load(spec: Path) -> Any:
+    """The validated spec; expectation names are checked too, all before any I/O."""
     from lib.spec import load_spec
 
-    return load_spec(spec)
+    loaded = load_spec(spec)
+    if loaded.checks.expectations:
+        from lib.expectations import check_expectation_types
+
+        check_expectation_types(loaded.checks.expectations)
+    return loaded
 
 
 def _finish(payload: dict[str, Any], code: int) -> None:
@@ -295,6 +301,54 @@ def log(
                 )
             console.print(table)
         _finish({"branch": loaded.repo.branch, "snapshots": entries}, EXIT_OK)
+
+
+@app.command()
+def verify(spec: SpecArg, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """Drift check: objects whose source changed or disappeared since ingest (exit 4 if any)."""
+    with _errors():
+        from lib.maintenance import verify_sources
+        from lib.repository import open_repository
+
+        loaded = _load(spec)
+        repo = open_repository(loaded)
+        if repo is None:
+            raise IcefloeError(f"no cube at {loaded.repo.url} yet: run `icefloe build {spec}` first")
+        drift = verify_sources(repo, loaded)
+        if not as_json:
+            console.print(
+                f"checked {drift.checked} object(s): "
+                + ("no drift" if drift.clean else f"{len(drift.changed)} changed, {len(drift.gone)} gone")
+            )
+            for item in drift.changed:
+                console.print(f"[yellow]changed[/] {item['url']} (re-ingest with `icefloe ingest --replace`)")
+            for url in drift.gone:
+                console.print(f"[red]gone[/] {url}")
+        _finish(drift.to_json(), EXIT_OK if drift.clean else EXIT_DRIFT)
+
+
+@app.command()
+def maintain(
+    spec: SpecArg,
+    older_than: Annotated[
+        float, typer.Option("--older-than", help="Expire snapshots older than this many days.")
+    ] = 30.0,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Expire old snapshots and garbage-collect (main's tip, tags and the ledger are kept)."""
+    with _errors():
+        _load(spec)
+        from flows.maintain_repository import maintain_repository
+
+        done = _run_flow(maintain_repository, False, spec=spec.read_text(encoding="utf-8"), older_than_days=older_than)
+        if not as_json:
+            console.print(
+                f"expired {done['expired_snapshots']} snapshot(s), deleted {done['deleted_chunks']} "
+                f"chunk(s) and {done['deleted_bytes']} byte(s); history of main: "
+                f"{done['history_before']} -> {done['history_after']} snapshot(s)"
+            )
+        _finish(done, EXIT_OK)
 
 
 @app.command()

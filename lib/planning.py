@@ -51,6 +51,7 @@ class Plan:
     batches: list[list[str]] = field(default_factory=list)
     grows: bool = False
     shared_source: str | None = None
+    replaced: set[str] = field(default_factory=set)
 
     @property
     def accepted(self) -> int:
@@ -206,6 +207,7 @@ def plan_update(
         batches=batches,
         grows=grows,
         shared_source=next((e.url for e in accepted if e.url in placed), None) if fresh else None,
+        replaced={u for u in replacing if u in state.ledger and state.ledger[u].status == INGESTED},
     )
 
 

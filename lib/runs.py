@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from lib.discovery import Discovery, SourceObject, classify_objects, compile_pattern, list_sources
 from lib.errors import PublishBlocked, StorageError
 from lib.executors import Executor, make_executor
+from lib.faults import checkpoint
 from lib.ledger import QUARANTINED
 from lib.parsing import ParseOptions, SourceConfig
 from lib.planning import ParsedBatch, Plan, cube_sizes, parse_objects, plan_update
@@ -152,6 +153,7 @@ class CubeRun:
     def plan(self) -> dict[str, Any]:
         """Validate every parsed object and lay out the cube; nothing is written."""
         assert self.state is not None
+        checkpoint("parsed")
         replacing = {o.url for o in self.discovery.pending if o.url in self.state.ledger}
         self.plan_ = plan_update(self.state, self.pattern.fields, self.spec.concat, self.parsed, replacing)
         plan = self.plan_
@@ -195,6 +197,7 @@ class CubeRun:
             batch,
             self.info,
             workers=max(1, min(self.spec.execution.workers, 4)),
+            before_commit=(lambda: checkpoint("refs-half-written")) if batch == len(self.plan_.batches) // 2 else None,
         )
         self.staged = snapshot or self.staged
         self.summary.refs += refs
@@ -203,6 +206,7 @@ class CubeRun:
     def check(self) -> list[dict[str, Any]]:
         """Run the checks on staging's tip; file findings are taken out, cube findings block."""
         assert self.repo is not None and self.state is not None
+        checkpoint("staging-committed")
         if self.repo.lookup_branch(self.spec.repo.staging) == self.state.main:
             return []
         snapshot, self.findings = check_staging(
@@ -225,12 +229,14 @@ class CubeRun:
             Main moved since this run started.
         """
         assert self.repo is not None and self.state is not None
+        checkpoint("checks-done")
         blocking = [f for f in self.findings if f.scope == CUBE]
         staged = self.repo.lookup_branch(self.spec.repo.staging)
         if blocking:
             self.summary.snapshot = self.state.main
             raise PublishBlocked("checks failed, main was not moved: " + "; ".join(f.message for f in blocking))
         if staged != self.state.main:
+            checkpoint("publishing")
             publish(self.repo, self.spec, staged, self.state.main)
             self.summary.published = True
         self.summary.snapshot = self.repo.lookup_branch(self.spec.repo.branch)

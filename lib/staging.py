@@ -8,10 +8,14 @@ the run started from, so a rerun after a crash can tell whether staging's work c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import xarray as xr
+
 from lib.assembly import BatchItem, clear_blocks, place_batch, prepare_arrays
+from lib.expectations import coordinate_findings, file_findings
 from lib.layout import Placement
 from lib.ledger import INGESTED, QUARANTINED, LedgerRow, append_rows, now, read_rows, write_schema
 from lib.planning import Plan, ledger_row
@@ -113,6 +117,8 @@ def commit_prepare(
         shared = {v.path: fragment for v in plan.schema.by_role("shared")}
     if plan.grows:
         prepare_arrays(session.store, plan.schema, plan.axes, fresh=plan.fresh, shared=shared)
+    if plan.replaced and not plan.fresh:
+        _clear_replaced(session.store, plan, state)
     write_schema(session.store, plan.schema, extra={"spec": state.spec_digest})
     append_rows(session.store, quarantine_rows(plan.quarantined, etags, run, now()))
     return commit_session(
@@ -124,6 +130,22 @@ def commit_prepare(
     )
 
 
+def _clear_replaced(store: Any, plan: Plan, state: CubeState) -> None:
+    """Objects being re-ingested leave their old place first (they may land elsewhere, or nowhere)."""
+    assert plan.schema is not None
+    old = [_placement_of(state.ledger[url], plan.axes) for url in plan.replaced]
+    remaining = {
+        plan.axes.cell_of(r.fields.items())
+        for r in state.ledger.values()
+        if r.status == INGESTED and r.url not in plan.replaced
+    }
+    clear_blocks(store, plan.schema, old, cells_emptied={p.cell for p in old} - remaining)
+
+
+def _placement_of(row: LedgerRow, axes: Any) -> Placement:
+    return Placement(row.url, axes.cell_of(row.fields.items()), tuple((d, a, b) for d, (a, b) in row.ranges.items()))
+
+
 def commit_batch(
     repo: icechunk.Repository,
     spec: Spec,
@@ -133,6 +155,7 @@ def commit_batch(
     batch: int,
     run: RunInfo,
     workers: int = 2,
+    before_commit: Callable[[], None] | None = None,
 ) -> tuple[str | None, int]:
     """Place one batch's references and ledger rows in one staging commit; returns (snapshot, refs)."""
     assert plan.schema is not None
@@ -145,6 +168,8 @@ def commit_batch(
     refs = place_batch(session, plan.schema, items, workers=workers)
     at = now()
     append_rows(session.store, [ledger_row(plan.entries[i.placement.url], i.placement, run.run_id, at) for i in items])
+    if before_commit is not None:
+        before_commit()  # a crash here loses this batch's uncommitted refs, never a committed one
     snapshot = commit_session(
         session,
         f"{run.operation}: batch {batch + 1}/{len(plan.batches)}, {len(items)} object(s), {refs} refs",
@@ -177,17 +202,16 @@ def check_staging(
     axes = read_axes(store, schema)
     findings = structural_findings(store, schema, axes, spec.checks.monotonic, spec.checks.regular)
     added = [r for r in current_rows(read_rows(store, state.ledger_base)).values() if r.status == INGESTED]
-    candidates = [
-        SpotSample(
-            Placement(r.url, axes.cell_of(r.fields.items()), tuple((d, a, b) for d, (a, b) in r.ranges.items())),
-            r.format,
-            r.layout,
-        )
-        for r in added
-    ]
+    candidates = [SpotSample(_placement_of(r, axes), r.format, r.layout) for r in added]
     samples = choose_samples(candidates, spec.checks.spot_check.files, seed=seed)
     findings += spot_check(
         store, schema, samples, registry, chunks_per_variable=spec.checks.spot_check.chunks_per_variable, seed=seed
+    )
+    cube = xr.open_zarr(store, consolidated=False, chunks=None)
+    findings += coordinate_findings(cube, schema, spec.checks.expectations)
+    bad = {u for f in findings for u in f.urls}
+    findings += file_findings(
+        cube, schema, [s.placement for s in samples if s.placement.url not in bad], spec.checks.expectations
     )
     return snapshot, findings
 
@@ -215,9 +239,7 @@ def commit_quarantine(
         row = ledger.get(url)
         if row is None or row.status != INGESTED:
             continue
-        placements.append(
-            Placement(url, axes.cell_of(row.fields.items()), tuple((d, a, b) for d, (a, b) in row.ranges.items()))
-        )
+        placements.append(_placement_of(row, axes))
         rows.append(
             LedgerRow(
                 url=url,

@@ -1,0 +1,153 @@
+"""Data-quality expectations (Great Expectations) on the staging snapshot.
+
+An expectation on a coordinate (a concat, shared or pattern coordinate) is checked once on the
+whole, decoded axis: a failure is about the cube and blocks the publish. An expectation on any other
+variable is checked on each spot-checked file's block of it (decoded, first chunk across the
+non-concat dims): a failure belongs to that file and quarantines it. Every cube also gets the
+default expectations: each concat coordinate has no missing and no repeated values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lib.errors import SpecError
+from lib.layout import Placement
+from lib.quality import CUBE, FILE, Finding
+from lib.validation import CELL, DATA, CubeSchema
+
+if TYPE_CHECKING:
+    from lib.spec import Expectation
+
+__all__ = ["check_expectation_types", "coordinate_findings", "default_expectations", "file_findings"]
+
+_context: Any = None
+
+
+def _class_name(kind: str) -> str:
+    return "".join(part.capitalize() for part in kind.split("_"))
+
+
+def _expectation_class(kind: str) -> Any:
+    import great_expectations as gx
+
+    cls = getattr(gx.expectations, _class_name(kind), None)
+    if cls is None:
+        raise SpecError(f"'{kind}' is not a Great Expectations expectation", key="checks.expectations")
+    return cls
+
+
+def check_expectation_types(expectations: Sequence[Expectation]) -> None:
+    """Fail before any I/O if a spec names an expectation Great Expectations does not have.
+
+    Raises
+    ------
+    SpecError
+        An unknown expectation type or arguments it does not take.
+    """
+    for e in expectations:
+        cls = _expectation_class(e.type)
+        try:
+            cls(column=e.variable, **e.kwargs)
+        except Exception as error:
+            message = str(error).splitlines()[0]
+            raise SpecError(f"expectation {e.type} on '{e.variable}': {message}", key="checks.expectations") from None
+
+
+def default_expectations(schema: CubeSchema) -> list[tuple[str, str, dict[str, Any]]]:
+    out = []
+    for dim in schema.concat:
+        out.append(("expect_column_values_to_not_be_null", dim, {}))
+        out.append(("expect_column_values_to_be_unique", dim, {}))
+    return out
+
+
+def _validator() -> Any:
+    """A batch factory on an ephemeral Great Expectations context (no files, no network)."""
+    global _context
+    if _context is None:
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        context = gx.get_context(mode="ephemeral")
+        context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+        asset = context.data_sources.add_pandas("icefloe").add_dataframe_asset("values")
+        _context = asset.add_batch_definition_whole_dataframe("all")
+    return _context
+
+
+def _validate(kind: str, column: str, kwargs: dict[str, Any], values: np.ndarray) -> str | None:
+    """Run one expectation on a column of values; a short failure description, or None."""
+    import pandas as pd
+
+    frame = pd.DataFrame({column: np.asarray(values).ravel()})
+    batch = _validator().get_batch(batch_parameters={"dataframe": frame})
+    result = batch.validate(_expectation_class(kind)(column=column, **kwargs))
+    if result.success:
+        return None
+    detail = result.result or {}
+    count = detail.get("unexpected_count")
+    sample = detail.get("partial_unexpected_list") or []
+    if count is not None:
+        return f"{count} of {detail.get('element_count', frame.shape[0])} values unexpected, e.g. {sample[:3]}"
+    observed = detail.get("observed_value")
+    return f"observed {observed!r}" if observed is not None else "failed"
+
+
+def _coordinates(schema: CubeSchema) -> set[str]:
+    return set(schema.pattern) | {v.path for v in schema.variables.values() if v.role not in (DATA, CELL)}
+
+
+def coordinate_findings(cube: Any, schema: CubeSchema, expectations: Sequence[Expectation]) -> list[Finding]:
+    """Cube-wide expectations on decoded coordinates (``cube`` is the staging snapshot as a Dataset)."""
+    coords = _coordinates(schema)
+    wanted = default_expectations(schema) + [
+        (e.type, e.variable, e.kwargs) for e in expectations if e.variable in coords
+    ]
+    findings = []
+    for kind, variable, kwargs in wanted:
+        if variable not in cube.variables:
+            findings.append(
+                Finding(
+                    f"expectation:{kind}", CUBE, f"expectation {kind} names '{variable}', which the cube does not have"
+                )
+            )
+            continue
+        problem = _validate(kind, variable, kwargs, cube[variable].values)
+        if problem:
+            findings.append(Finding(f"expectation:{kind}", CUBE, f"{kind} on '{variable}': {problem}"))
+    return findings
+
+
+def file_findings(
+    cube: Any, schema: CubeSchema, samples: Sequence[Placement], expectations: Sequence[Expectation]
+) -> list[Finding]:
+    """Per-file expectations on each sampled file's block of a data variable."""
+    coords = _coordinates(schema)
+    wanted = [e for e in expectations if e.variable not in coords]
+    findings: list[Finding] = []
+    for p in samples:
+        for e in wanted:
+            var = schema.variables.get(e.variable)
+            if var is None:
+                findings.append(
+                    Finding(
+                        f"expectation:{e.type}",
+                        CUBE,
+                        f"expectation {e.type} names '{e.variable}', which the cube does not have",
+                    )
+                )
+                continue
+            region: dict[str, Any] = {d: i for d, i in zip(schema.pattern, p.cell, strict=True)}
+            for dim, chunk in zip(var.dims, var.chunks, strict=True):
+                region[dim] = slice(*p.range_of(dim)) if dim in schema.concat else slice(0, chunk)
+            values = cube[e.variable].isel({k: v for k, v in region.items() if k in cube[e.variable].dims}).values
+            problem = _validate(e.type, e.variable, e.kwargs, values)
+            if problem:
+                findings.append(
+                    Finding(f"expectation:{e.type}", FILE, f"'{p.url}': {e.type} on '{e.variable}': {problem}", [p.url])
+                )
+    return findings

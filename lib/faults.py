@@ -1,0 +1,32 @@
+"""A test-only fault hook: kill this process with SIGKILL at a named point of a run.
+
+Set ``ICEFLOE_KILL_AT`` to one of :data:`POINTS` to make a run kill itself there, exactly as a
+crash, an OOM kill or a lost machine would: no cleanup, no exception handlers, no ``finally``. The
+crash-safety tests use it to prove that rerunning the same command finishes the job with every
+object in the cube exactly once. Never set it in production.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+__all__ = ["KILL_ENV", "POINTS", "checkpoint"]
+
+KILL_ENV = "ICEFLOE_KILL_AT"
+POINTS = (
+    "parsed",  # every batch parsed, nothing written
+    "refs-half-written",  # earlier batches committed; the middle batch's refs written but not committed
+    "staging-committed",  # every batch committed to staging, no check run
+    "checks-done",  # checks run (and quarantines committed), main not moved
+    "publishing",  # about to move main
+)
+
+
+def checkpoint(point: str) -> None:
+    """Kill this process with SIGKILL if ``ICEFLOE_KILL_AT`` names ``point``."""
+    if os.environ.get(KILL_ENV) == point:
+        sys.stderr.write(f"icefloe: {KILL_ENV}={point}: killing this process\n")
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
