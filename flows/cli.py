@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,6 +58,8 @@ _debug = False
 def _quiet_prefect(debug: bool) -> None:
     """Prefect's and Icechunk's settings are read at import: set quiet, offline defaults first."""
     os.environ.setdefault("ICECHUNK_LOG", "error")
+    # netCDF char arrays have no Zarr v3 data type spec yet; the cube stores them as VirtualiZarr does
+    warnings.filterwarnings("ignore", message=r"The data type .* does not have a Zarr V3 specification")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     if not debug:

@@ -9,6 +9,7 @@ default expectations: each concat coordinate has no missing and no repeated valu
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,23 @@ if TYPE_CHECKING:
 __all__ = ["check_expectation_types", "coordinate_findings", "default_expectations", "file_findings"]
 
 _context: Any = None
+_preloading: threading.Thread | None = None
+
+
+def preload() -> None:
+    """Start importing Great Expectations in the background (it takes seconds), so the checks at the
+    end of a run do not wait for it."""
+    global _preloading
+    if _preloading is None:
+        _preloading = threading.Thread(target=_import_quietly, name="icefloe-preload-gx", daemon=True)
+        _preloading.start()
+
+
+def _import_quietly() -> None:
+    import logging
+
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    import great_expectations  # noqa: F401
 
 
 def _class_name(kind: str) -> str:
@@ -68,7 +86,12 @@ def default_expectations(schema: CubeSchema) -> list[tuple[str, str, dict[str, A
 def _validator() -> Any:
     """A batch factory on an ephemeral Great Expectations context (no files, no network)."""
     global _context
+    if _preloading is not None:
+        _preloading.join()
     if _context is None:
+        import logging
+
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 

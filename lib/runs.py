@@ -22,7 +22,7 @@ from lib.parsing import ParseOptions, SourceConfig
 from lib.planning import ParsedBatch, Plan, cube_sizes, parse_objects, plan_update
 from lib.quality import CUBE, FILE, Finding
 from lib.report import RunSummary
-from lib.repository import open_repository, publish
+from lib.repository import open_repository, publish, reset_branch
 from lib.spool import Spool
 from lib.staging import RunInfo, check_staging, commit_batch, commit_prepare, commit_quarantine
 from lib.state import CubeState, open_cube
@@ -98,6 +98,10 @@ class CubeRun:
         """Open (or, when writing, create) the repository and decide between resuming and starting clean."""
         from lib.state import CubeState
 
+        if self.write:
+            from lib.expectations import preload
+
+            preload()  # the checks need Great Expectations; import it while the run parses
         self.repo = open_repository(self.spec, create=self.write)
         if self.repo is None:  # a dry run on a cube that does not exist yet
             self.state = CubeState(self.operation, "", "", resumed=False, fresh=True, schema=None, axes=None)
@@ -233,7 +237,11 @@ class CubeRun:
         blocking = [f for f in self.findings if f.scope == CUBE]
         staged = self.repo.lookup_branch(self.spec.repo.staging)
         if blocking:
+            # the refused snapshot stays readable by id; staging goes back to main so the next run
+            # plans from what is published, not from work that cannot be published
             self.summary.snapshot = self.state.main
+            self.summary.notes.append(f"the refused staging snapshot was {staged}")
+            reset_branch(self.repo, self.spec.repo.staging, self.state.main, expected=staged)
             raise PublishBlocked("checks failed, main was not moved: " + "; ".join(f.message for f in blocking))
         if staged != self.state.main:
             checkpoint("publishing")

@@ -192,8 +192,10 @@ def parse_with_virtualizarr(url: str, fmt: str, registry: ObjectStoreRegistry, o
                 item.values = np.asarray(zgroup[path][...])
         else:
             lengths = np.where(paths == url, manifest._lengths, 0).astype(np.uint64)
-            item.offsets = np.where(paths == url, manifest._offsets, 0).astype(np.uint64)
-            item.lengths = lengths
+            offsets = np.where(paths == url, manifest._offsets, 0).astype(np.uint64)
+            if lengths.shape != item.grid and not lengths.any():  # an empty manifest is shaped like the array
+                lengths = offsets = np.zeros(item.grid, dtype=np.uint64)
+            item.offsets, item.lengths = offsets.copy(), lengths.copy()
         fragment.arrays[path] = item
 
     if fmt == "hdf5":

@@ -1,0 +1,148 @@
+"""Crash safety with real SIGKILLs: whatever is killed when, main stays on a published snapshot and a
+rerun of the same command finishes the job with every object in the cube exactly once."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import xarray as xr
+
+from lib.faults import KILL_ENV, POINTS
+from lib.ledger import read_rows
+from lib.spec import Spec, load_spec
+from tests.helpers import dataset, file_url, open_cube, open_repo, spec_text, write_nc4
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+CYCLES = 5
+
+
+def write_day(root: Path, member: int, day: int) -> Path:
+    return write_nc4(root / f"member_{member}" / f"day_{day:03d}.nc", dataset(day, seed=member, scalar=float(member)))
+
+
+def run(cli: str, spec: Path, *args: str, kill_at: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env.pop(KILL_ENV, None)
+    if kill_at:
+        env[KILL_ENV] = kill_at
+    return subprocess.run(
+        [cli, "ingest", str(spec), "--json", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
+
+
+def assert_exactly_once(spec: Spec, root: Path) -> None:
+    """Every source object is in main's cube once: one current ledger row, its refs, its values."""
+    repo = open_repo(spec)
+    rows = read_rows(repo.readonly_session(branch="main").store)
+    ingested = collections.Counter(r.url for r in rows if r.status == "ingested")
+    files = sorted(root.rglob("*.nc"))
+    assert set(ingested) == {file_url(f) for f in files}
+    assert set(ingested.values()) == {1}, f"an object was ingested twice: {ingested.most_common(2)}"
+    refs = collections.Counter(repo.readonly_session(branch="main").all_virtual_chunk_locations())
+    assert set(refs) == {file_url(f) for f in files} and set(refs.values()) == {4}  # 4 chunks of tas per file
+    cube = open_cube(spec).load()
+    for member in {int(f.parent.name.split("_")[1]) for f in files}:
+        member_files = sorted((root / f"member_{member}").glob("*.nc"))
+        ref = xr.concat([xr.open_dataset(f).load() for f in member_files], dim="time", data_vars="minimal")
+        xr.testing.assert_identical(cube.tas.sel(member=member, drop=True).sel(time=ref.time), ref.tas)
+
+
+@pytest.fixture
+def crash_cube(prefect_server: str, icefloe_cli: str, tmp_path: Path) -> tuple[Path, Spec, Path]:
+    root = tmp_path / "archive"
+    for member in (1, 2):
+        for day in range(2):
+            write_day(root, member, day)
+    spec_path = tmp_path / "cube.yaml"
+    spec_path.write_text(
+        spec_text(root, tmp_path / "cube", "member_{member:d}/day_*.nc").replace("batch_size: 4", "batch_size: 1")
+    )
+    p = run(icefloe_cli, spec_path)
+    assert p.returncode == 0, p.stderr
+    return spec_path, load_spec(spec_path), root
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_kill_at_each_stage_then_rerun(crash_cube: tuple[Path, Spec, Path], icefloe_cli: str, point: str) -> None:
+    spec_path, spec, root = crash_cube
+    day = 2
+    for _cycle in range(CYCLES):
+        tip = open_repo(spec).lookup_branch("main")
+        new = [write_day(root, member, day) for member in (1, 2)]
+        day += 1
+        killed = run(icefloe_cli, spec_path, kill_at=point)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        assert f"{KILL_ENV}={point}" in killed.stderr  # the run really reached the stage
+        assert open_repo(spec).lookup_branch("main") == tip  # main is still the last published snapshot
+        assert all(
+            file_url(f) not in open_repo(spec).readonly_session(branch="main").all_virtual_chunk_locations()
+            for f in new
+        )
+        again = run(icefloe_cli, spec_path)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert json.loads(again.stdout)["dims"]["time"] == day
+        assert_exactly_once(spec, root)
+
+
+def test_random_kills_then_rerun(crash_cube: tuple[Path, Spec, Path], icefloe_cli: str) -> None:
+    spec_path, spec, root = crash_cube
+    rng = random.Random(20261124)
+    day = 2
+    for _ in range(6):
+        for member in (1, 2):
+            write_day(root, member, day)
+        day += 1
+        env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
+        proc = subprocess.Popen(
+            [icefloe_cli, "ingest", str(spec_path), "--json"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.5, 6.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        again = run(icefloe_cli, spec_path)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert_exactly_once(spec, root)
+
+
+def test_two_ingests_at_the_same_moment(crash_cube: tuple[Path, Spec, Path], icefloe_cli: str) -> None:
+    spec_path, spec, root = crash_cube
+    for day in (2, 3):
+        for member in (1, 2, 3):
+            write_day(root, member, day)
+    for day in (0, 1):
+        write_day(root, 3, day)
+    env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
+    procs = [
+        subprocess.Popen(
+            [icefloe_cli, "ingest", str(spec_path), "--json"],
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-1000:] for o in outs]
+    ingested = sorted(json.loads(o[0])["ingested"] for o in outs)
+    assert ingested == [0, 8]  # one did the work, the other found nothing left to do
+    assert_exactly_once(spec, root)
