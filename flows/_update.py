@@ -21,6 +21,7 @@ from lib.spec import load_spec
 from tasks.check import check_staging
 from tasks.commit import commit_batch, prepare_staging
 from tasks.cube import discover_objects, open_cube
+from tasks.nativize import nativize_staging
 from tasks.parse import parse_batch
 from tasks.plan import plan_cube
 from tasks.publish import publish_cube
@@ -49,6 +50,7 @@ def _steps(run: CubeRun) -> None:
         commit_batch(run, b)
         progress.advance("commit", len(run.plan_.batches[b]) if run.plan_ else 0)
         update_progress_artifact(artifact, 100.0 * (batches + b + 1) / steps)
+    nativize_staging(run)
     check_staging(run)
     publish_cube(run)
     update_progress_artifact(artifact, 100.0)

@@ -355,6 +355,24 @@ def maintain(
 
 
 @app.command()
+def nativize(
+    spec: SpecArg,
+    variable: Annotated[list[str] | None, typer.Option("--variable", "-v", help="Only these variables.")] = None,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Rewrite small referenced coordinate variables as native chunks (opening then reads no source file)."""
+    with _errors():
+        _load(spec)
+        from flows.nativize_coords import nativize_coords
+
+        done = _run_flow(nativize_coords, False, spec=spec.read_text(encoding="utf-8"), variables=variable or None)
+        if not as_json:
+            console.print("stored natively: " + (", ".join(done["nativized"]) or "nothing to do"))
+        _finish(done, EXIT_OK)
+
+
+@app.command()
 def demo(
     directory: Annotated[Path, typer.Option("--dir", help="Where to write the demo archive and cube.")] = Path(
         "icefloe-demo"

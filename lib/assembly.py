@@ -22,7 +22,7 @@ from lib.errors import StorageError
 from lib.layout import Axes, Placement
 from lib.parsing.fragment import Fragment
 from lib.storage import ref_location
-from lib.validation import CELL, CONCAT, DATA, CubeSchema, VariableSchema
+from lib.validation import CELL, CONCAT, DATA, SHARED, CubeSchema, VariableSchema
 
 if TYPE_CHECKING:
     import icechunk
@@ -139,13 +139,12 @@ def _write_pattern_coords(group: Any, axes: Axes, schema: CubeSchema) -> None:
         group[dim][...] = data
 
 
-def prepare_arrays(
-    store: Any, schema: CubeSchema, axes: Axes, *, fresh: bool, shared: dict[str, Fragment] | None = None
-) -> None:
+def prepare_arrays(store: Any, schema: CubeSchema, axes: Axes, *, fresh: bool, shared: BatchItem | None = None) -> None:
     """Create every array at its full size (``fresh``) or resize the existing ones to ``axes``.
 
     A fresh cube replaces whatever the store held. Coordinates of the pattern and concat dims are
-    (re)written in full; shared variables are written from ``shared`` (path → representative fragment).
+    (re)written in full; shared variables (values or refs) are written from ``shared``, a file
+    that holds them as every file does.
     """
     import zarr
     from zarr.core.buffer import default_buffer_prototype
@@ -173,10 +172,12 @@ def prepare_arrays(
         var = schema.variables.get(dim)
         if var is not None and var.kind == "native":
             root[dim][...] = values.astype(root[dim].dtype)
-    for path, fragment in (shared or {}).items():
-        var, item = schema.variables[path], fragment.arrays[path]
+    if shared is None:
+        return
+    for var in schema.by_role(SHARED):
         if var.kind == "native":
-            root[path][...] = np.asarray(item.values).astype(root[path].dtype)
+            root[var.path][...] = np.asarray(shared.fragment.arrays[var.path].values).astype(root[var.path].dtype)
+    _set_refs(store, _ref_calls([shared], schema, {v.path for v in schema.by_role(SHARED) if v.kind == "virtual"}))
 
 
 def _offset(var: VariableSchema, schema: CubeSchema, placement: Placement) -> tuple[int, ...]:

@@ -10,6 +10,7 @@ walking its contents.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,14 @@ from lib.quality import CUBE, FILE, Finding
 from lib.report import RunSummary
 from lib.repository import open_repository, publish, reset_branch
 from lib.spool import Spool
-from lib.staging import RunInfo, check_staging, commit_batch, commit_prepare, commit_quarantine
+from lib.staging import (
+    RunInfo,
+    check_staging,
+    commit_batch,
+    commit_prepare,
+    commit_quarantine,
+    nativize_staging,
+)
 from lib.state import CubeState, open_cube
 from lib.storage import object_store, source_registry
 
@@ -109,6 +117,9 @@ class CubeRun:
             self.state = open_cube(self.repo, self.spec, self.operation)
         else:
             self.state = _read_only_state(self.repo, self.spec, self.operation)
+        if self.state.schema is not None and self.state.schema.nativized:
+            # coordinates nativized earlier are loaded from every new file too
+            self.options = dataclasses.replace(self.options, extra_native=tuple(self.state.schema.nativized))
         return {"main": self.state.main, "resumed": self.state.resumed, "fresh": self.state.fresh}
 
     def discover(self) -> dict[str, int]:
@@ -207,6 +218,17 @@ class CubeRun:
         self.summary.refs += refs
         return refs
 
+    def nativize(self) -> list[str]:
+        """With ``variables.nativize``, rewrite small referenced coordinates natively, in one staging commit."""
+        assert self.repo is not None and self.state is not None
+        if not self.spec.variables.nativize or self.repo.lookup_branch(self.spec.repo.staging) == self.state.main:
+            return []
+        done, snapshot = nativize_staging(self.repo, self.spec, self.state, self.info)
+        self.staged = snapshot or self.staged
+        if done:
+            self.summary.notes.append(f"stored natively: {', '.join(done)}")
+        return done
+
     def check(self) -> list[dict[str, Any]]:
         """Run the checks on staging's tip; file findings are taken out, cube findings block."""
         assert self.repo is not None and self.state is not None
@@ -293,3 +315,28 @@ def _read_only_state(repo: icechunk.Repository, spec: Spec, operation: str) -> C
         ledger={} if fresh else read_ledger(store),
         ledger_base=ledger_size(store),
     )
+
+
+def nativize_cube(
+    spec: Spec, run_id: str, flow_run: str | None = None, variables: list[str] | None = None
+) -> dict[str, Any]:
+    """Rewrite an existing cube's small referenced coordinates natively and publish that, in one commit.
+
+    Raises
+    ------
+    IcefloeError
+        There is no cube yet.
+    ConflictError
+        Another writer moved main or staging meanwhile.
+    """
+    from lib.errors import IcefloeError
+
+    repo = open_repository(spec)
+    if repo is None:
+        raise IcefloeError(f"no cube at {spec.repo.url} yet: run `icefloe build` first")
+    info = RunInfo(run_id=run_id, operation="nativize", flow_run=flow_run)
+    state = open_cube(repo, spec, "nativize")
+    done, snapshot = nativize_staging(repo, spec, state, info, variables)
+    if snapshot is not None:
+        publish(repo, spec, snapshot, state.main)
+    return {"nativized": done, "snapshot": repo.lookup_branch(spec.repo.branch), "published": snapshot is not None}

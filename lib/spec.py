@@ -95,11 +95,13 @@ class Variables(_Frozen):
 
     ``native: auto`` loads dimension coordinates, scalars and datasets whose bytes cannot be
     referenced (compact or unallocated storage); ``none`` loads only the concat coordinates, which
-    are always native because each file may encode them differently.
+    are always native because each file may encode them differently. ``nativize`` rewrites the
+    small coordinates still referenced after a build or ingest as native chunks (see ``icefloe nativize``).
     """
 
     drop: tuple[str, ...] = ()
     native: Literal["auto", "none"] | tuple[str, ...] = "auto"
+    nativize: bool = False
 
 
 class Repo(_Frozen):

@@ -17,7 +17,17 @@ import xarray as xr
 from lib.assembly import BatchItem, clear_blocks, place_batch, prepare_arrays
 from lib.expectations import coordinate_findings, file_findings
 from lib.layout import Placement
-from lib.ledger import INGESTED, QUARANTINED, LedgerRow, append_rows, now, read_rows, write_schema
+from lib.ledger import (
+    INGESTED,
+    QUARANTINED,
+    LedgerRow,
+    append_rows,
+    now,
+    read_ledger,
+    read_rows,
+    read_schema,
+    write_schema,
+)
 from lib.planning import Plan, ledger_row
 from lib.quality import Finding, SpotSample, choose_samples, spot_check, structural_findings
 from lib.repository import commit_session, set_manifest_splitting
@@ -110,11 +120,11 @@ def commit_prepare(
     if plan.fresh:
         set_manifest_splitting(repo, manifest_split(plan))
     session = repo.writable_session(spec.repo.staging)
-    shared = {}
+    shared = None
     if plan.fresh and plan.shared_source:
         entry = plan.entries[plan.shared_source]
         fragment = next(f for f in spool.read(entry.spool[0]) if f.url == entry.url)
-        shared = {v.path: fragment for v in plan.schema.by_role("shared")}
+        shared = BatchItem(plan.placements[entry.url], fragment, entry.checksum)
     if plan.grows:
         prepare_arrays(session.store, plan.schema, plan.axes, fresh=plan.fresh, shared=shared)
     if plan.replaced and not plan.fresh:
@@ -192,7 +202,6 @@ def check_staging(
     repo: icechunk.Repository, spec: Spec, state: CubeState, registry: ObjectStoreRegistry, seed: int | None = None
 ) -> tuple[str, list[Finding]]:
     """Run the structural checks and the spot check on staging's tip; returns (snapshot, findings)."""
-    from lib.ledger import read_schema
 
     snapshot = repo.lookup_branch(spec.repo.staging)
     store = repo.readonly_session(snapshot_id=snapshot).store
@@ -225,7 +234,6 @@ def commit_quarantine(
     status: str = QUARANTINED,
 ) -> str:
     """Take files back out of the staged cube (refs and native values reset) and record why."""
-    from lib.ledger import read_ledger, read_schema
 
     session = repo.writable_session(spec.repo.staging)
     store = session.store
@@ -260,3 +268,25 @@ def commit_quarantine(
     return commit_session(
         session, f"{run.operation}: {verb} {len(rows)} object(s)", _metadata(state, run, verb, quarantined=len(rows))
     )
+
+
+def nativize_staging(
+    repo: icechunk.Repository, spec: Spec, state: CubeState, run: RunInfo, wanted: list[str] | None = None
+) -> tuple[list[str], str | None]:
+    """Rewrite the staged cube's small referenced coordinates natively, in one commit."""
+    from lib.nativize import coordinate_candidates, nativize_arrays
+
+    session = repo.writable_session(spec.repo.staging)
+    schema = read_schema(session.store)
+    if schema is None:
+        return [], None
+    paths = coordinate_candidates(session.store, schema, wanted)
+    if not paths:
+        return [], None
+    done = nativize_arrays(session, paths)
+    snapshot = commit_session(
+        session,
+        f"{run.operation}: store {len(done)} coordinate(s) natively: {', '.join(done)}",
+        _metadata(state, run, "nativize", nativized=done),
+    )
+    return done, snapshot

@@ -42,6 +42,8 @@ def _digest(*parts: Any) -> str:
     h = hashlib.sha1()
     for part in parts:
         if isinstance(part, np.ndarray):
+            if part.dtype.kind in "iufcb" and part.dtype.byteorder not in ("=", "|"):
+                part = part.astype(part.dtype.newbyteorder("="))  # equal values, whatever the byte order
             if part.dtype.kind in "OUT":
                 h.update("\x1f".join(map(str, part.ravel().tolist())).encode("utf-8", "surrogatepass"))
             else:
@@ -68,6 +70,10 @@ class VariableSchema:
     role: str
     kind: str
     metadata: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
 
     @property
     def dims(self) -> tuple[str, ...]:
@@ -115,6 +121,7 @@ class CubeSchema:
     groups: dict[str, dict[str, Any]] = field(default_factory=dict)
     concat_encoding: dict[str, dict[str, Any]] = field(default_factory=dict)
     shared: dict[str, str] = field(default_factory=dict)
+    nativized: list[str] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -143,6 +150,7 @@ class CubeSchema:
             "groups": self.groups,
             "concat_encoding": self.concat_encoding,
             "shared": self.shared,
+            "nativized": self.nativized,
         }
 
     @classmethod
@@ -155,6 +163,7 @@ class CubeSchema:
             groups=data.get("groups", {}),
             concat_encoding=data.get("concat_encoding", {}),
             shared=data.get("shared", {}),
+            nativized=list(data.get("nativized", [])),
         )
 
 
@@ -224,9 +233,14 @@ def decoding_attributes(attributes: dict[str, Any], dtype: np.dtype) -> dict[str
     return attrs
 
 
+def native_digest(values: np.ndarray, attributes: dict[str, Any]) -> str:
+    """The digest two native variables share exactly when their values and CF encodings are equal."""
+    return _digest(np.asarray(values), {k: attributes.get(k) for k in ENCODING_ATTRIBUTES})
+
+
 def _variable_digest(item: ArrayFragment) -> str:
     if item.values is not None:
-        return _digest(item.values, {k: item.attributes.get(k) for k in ENCODING_ATTRIBUTES})
+        return native_digest(item.values, item.attributes)
     return _digest(item.lengths if item.lengths is not None else np.zeros(0, np.uint64))
 
 

@@ -124,6 +124,7 @@ def run_cube(
         run.prepare()
         for b in range(len(run.batches)):
             run.commit(b)
+        run.nativize()
         run.check()
         try:
             run.publish()

@@ -25,6 +25,7 @@ class ParseOptions:
     native: str | tuple[str, ...] = "auto"
     drop: tuple[str, ...] = ()
     fast: bool = True
+    extra_native: tuple[str, ...] = ()
 
     def dropped(self, path: str) -> bool:
         return path in self.drop or path.rsplit("/", 1)[-1] in self.drop
@@ -32,7 +33,7 @@ class ParseOptions:
     def is_native(self, path: str, dims: tuple[str, ...], storage: str, nbytes: int) -> bool:
         """Whether a variable's values are loaded and stored natively instead of referenced."""
         name = path.rsplit("/", 1)[-1]
-        if storage in UNREFERENCEABLE:
+        if storage in UNREFERENCEABLE or path in self.extra_native:
             return True
         if dims == (name,) and name in self.concat:
             return True  # each file may encode its concat coordinate differently: decode, re-encode
