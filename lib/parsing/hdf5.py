@@ -94,6 +94,84 @@ def _fill_from_json(value: Any, dtype: Any) -> Any:
     return value
 
 
+# Attributes netCDF-4 and HDF5 dimension scales use for bookkeeping; VirtualiZarr leaves them out.
+HIDDEN_ATTRIBUTES = frozenset({"REFERENCE_LIST", "CLASS", "DIMENSION_LIST", "NAME", "_Netcdf4Dimid",
+                               "_Netcdf4Coordinates", "_nc3_strict", "_NCProperties"})
+
+
+def _attributes(obj: Any) -> dict[str, Any]:
+    """An object's attributes exactly as VirtualiZarr's ``_extract_attrs`` returns them.
+
+    The bookkeeping attributes are skipped *before* they are read: reading DIMENSION_LIST and
+    REFERENCE_LIST (arrays of object references) costs more than all the others together.
+    """
+    import h5py
+
+    manager = obj.attrs
+    out: dict[str, Any] = {}
+    for name in manager:
+        if name in HIDDEN_ATTRIBUTES:
+            continue
+        v = manager[name]
+        if isinstance(v, bytes):
+            v = v.decode("utf-8") or " "
+        elif isinstance(v, (np.ndarray, np.number, np.bool_)):
+            if v.dtype.kind == "S":
+                v = np.strings.decode(np.asarray(v), "utf-8").tolist()
+            elif v.size == 1:
+                v = v.flatten()[0]
+                if isinstance(v, (np.ndarray, np.number, np.bool_)):
+                    v = v.tolist()
+            else:
+                v = v.tolist()
+        elif isinstance(v, h5py.Empty):
+            v = ""
+        if isinstance(v, str) and v == "DIMENSION_SCALE":
+            continue
+        out[name] = v
+    return out
+
+
+def _dimension_names(dataset: Any, group: str) -> list[str]:
+    """Dimension-scale names per axis exactly as VirtualiZarr's ``_dataset_dims`` gives them, read
+    with the low-level dimension-scale API instead of opening every scale as a Dataset."""
+    import h5py
+
+    dsid = dataset.id
+    is_scale = h5py.h5ds.is_scale(dsid)
+    dims: list[str] = []
+    for axis in range(len(dataset.shape)):
+        count = h5py.h5ds.get_num_scales(dsid, axis) if not is_scale else 0
+        if count == 1:
+            found: list[str] = []
+            h5py.h5ds.iterate(dsid, axis, lambda scale: found.append(h5py.h5i.get_name(scale).decode()) or 0)
+            dims.append(found[0])
+        elif is_scale:
+            dims.append(str(dataset.name))
+        elif count > 1:
+            raise ValueError(f"{dataset.name} has {count} dimension scales attached to dimension #{axis}; require 1")
+        else:
+            dims.append(f"phony_dim_{axis}")
+    return [d.removeprefix(group).removeprefix("/") for d in dims]
+
+
+def _placeholders(members: dict[str, Any]) -> set[str]:
+    """netCDF dimensions that are not variables: dimension datasets that store no data (VirtualiZarr's
+    ``_find_non_coord_dimension_vars``, on already opened members)."""
+    import h5py
+
+    out = set()
+    for name, obj in members.items():
+        if type(obj) is h5py.Dataset and "_Netcdf4Dimid" in obj.attrs:
+            if obj.chunks is not None:
+                stores_no_data = obj.id.chunk_iter(lambda chunk: True) is None
+            else:
+                stores_no_data = obj.id.get_storage_size() == 0
+            if stores_no_data:
+                out.add(name)
+    return out
+
+
 def _refs(url: str, dataset: Any, chunks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Byte offsets and lengths of every stored chunk, shaped like the chunk grid (0 = never written)."""
     shape = dataset.shape
@@ -146,19 +224,13 @@ def _array_fragment(
 ) -> ArrayFragment:
     from virtualizarr.codecs import zarr_codec_config_to_v3
     from virtualizarr.parsers.hdf.filters import codecs_from_dataset
-    from virtualizarr.parsers.hdf.hdf import (
-        _chunk_shape,
-        _dataset_dims,
-        _extract_attrs,
-        _get_fill_value,
-        _vlen_string_chunk_shape,
-    )
+    from virtualizarr.parsers.hdf.hdf import _chunk_shape, _get_fill_value, _vlen_string_chunk_shape
     from virtualizarr.parsers.utils import encode_cf_fill_value
 
     storage = _layout(dataset)
     vlen_string = storage == "inlined"
     dtype = np.dtypes.StringDType() if vlen_string else dataset.dtype
-    attrs = _extract_attrs(dataset)
+    attrs = _attributes(dataset)
     if "_FillValue" in attrs and dtype.kind not in ("S", "U", "O", "T"):
         attrs["_FillValue"] = encode_cf_fill_value(attrs["_FillValue"], dtype)
     if vlen_string:
@@ -177,7 +249,7 @@ def _array_fragment(
         "fill_value": fill_json,
         "codecs": codecs,
         "attributes": json_safe_attributes(attrs, path, notes),
-        "dimension_names": list(_dataset_dims(dataset, group=group)),
+        "dimension_names": _dimension_names(dataset, group),
         "zarr_format": 3,
         "node_type": "array",
         "storage_transformers": [],
@@ -204,7 +276,6 @@ def parse_hdf5(url: str, registry: ObjectStoreRegistry, options: ParseOptions) -
         h5py cannot open the object (truncated, corrupt); the caller quarantines it.
     """
     import h5py
-    from virtualizarr.parsers.hdf.hdf import _extract_attrs, _find_non_coord_dimension_vars
 
     fragment = Fragment(url=url, format="hdf5", parser="fast")
     notes = fragment.notes
@@ -212,18 +283,19 @@ def parse_hdf5(url: str, registry: ObjectStoreRegistry, options: ParseOptions) -
 
         def walk(group: Any, prefix: str) -> None:
             group_name = str(group.name)
-            placeholders = set(_find_non_coord_dimension_vars(group=group))
+            members: dict[str, Any] = {}
             for key in group:
+                try:
+                    members[key] = group[key]
+                except (KeyError, OSError) as e:
+                    fragment.skipped.append((f"{prefix}{key}", f"a link that cannot be followed ({e})"))
+            placeholders = _placeholders(members)
+            for key, item in members.items():
                 path = f"{prefix}{key}"
                 if key in placeholders or options.dropped(path):
                     continue
-                try:
-                    item = group[key]
-                except (KeyError, OSError) as e:
-                    fragment.skipped.append((path, f"a link that cannot be followed ({e})"))
-                    continue
                 if isinstance(item, h5py.Group):
-                    fragment.groups[path] = json_safe_attributes(_extract_attrs(item), path, notes)
+                    fragment.groups[path] = json_safe_attributes(_attributes(item), path, notes)
                     walk(item, f"{path}/")
                     continue
                 if not isinstance(item, h5py.Dataset):
@@ -239,6 +311,6 @@ def parse_hdf5(url: str, registry: ObjectStoreRegistry, options: ParseOptions) -
                     # a filter with no Zarr codec (szip, scaleoffset, ...) or metadata Zarr cannot hold
                     fragment.skipped.append((path, f"cannot be represented in Zarr: {e}"))
 
-        fragment.attributes = json_safe_attributes(_extract_attrs(f), "/", notes)
+        fragment.attributes = json_safe_attributes(_attributes(f), "/", notes)
         walk(f, "")
     return fragment
