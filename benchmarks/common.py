@@ -77,12 +77,24 @@ class Measured:
     samples: list[float] = field(default_factory=list)
 
 
-def run_measured(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None,
-                 interval: float = 0.1, timeout: float = 7200) -> Measured:
+def run_measured(
+    cmd: list[str],
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    interval: float = 0.1,
+    timeout: float = 7200,
+) -> Measured:
     """Run a command; its wall time as a user sees it and the peak RSS of its whole process tree."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     peak = 0
     done = threading.Event()
 

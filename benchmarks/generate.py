@@ -23,8 +23,7 @@ def _write(args: tuple[str, int, int, int]) -> None:
 
 
 def generate(root: Path, polygons: int, months: int, steps: int, workers: int = 2) -> int:
-    jobs = [(str(root), p, m, t) for p, m, t in itertools.product(range(polygons), range(1, months + 1),
-                                                                     range(steps))]
+    jobs = [(str(root), p, m, t) for p, m, t in itertools.product(range(polygons), range(1, months + 1), range(steps))]
     with ProcessPoolExecutor(workers) as pool:
         list(pool.map(_write, jobs, chunksize=64))
     return len(jobs)

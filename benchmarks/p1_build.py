@@ -120,28 +120,38 @@ def main() -> None:
     results: dict[str, dict] = {}
 
     spec = runs / "cube.yaml"
-    spec.write_text(f"name: p1\nsource:\n  url: file://{root}/\n  pattern: \"polygon_{{polygon:d}}/month_{{month:d}}/"
-                    f"step_*.nc\"\nconcat: [time]\nrepo:\n  url: file://{runs}/icefloe-cube\nexecution:\n"
-                    f"  executor: processes\n  workers: {a.workers}\n  batch_size: 2000\n")
+    spec.write_text(
+        f'name: p1\nsource:\n  url: file://{root}/\n  pattern: "polygon_{{polygon:d}}/month_{{month:d}}/'
+        f'step_*.nc"\nconcat: [time]\nrepo:\n  url: file://{runs}/icefloe-cube\nexecution:\n'
+        f"  executor: processes\n  workers: {a.workers}\n  batch_size: 2000\n"
+    )
     log("icefloe build (whole command, Prefect's ephemeral API)")
     m = run_measured([str(BIN / "icefloe"), "build", str(spec), "--json"], env={"PREFECT_API_URL": ""})
     assert m.returncode == 0, m.stderr[-3000:]
     summary = json.loads(m.stdout)
-    results["icefloe_build"] = {"seconds": m.seconds, "peak_rss_mb": m.peak_rss_mb, "ingested": summary["ingested"],
-                                "fast_path_share": summary["fast_path_share"], "refs": summary["refs"],
-                                "workers": a.workers}
+    results["icefloe_build"] = {
+        "seconds": m.seconds,
+        "peak_rss_mb": m.peak_rss_mb,
+        "ingested": summary["ingested"],
+        "fast_path_share": summary["fast_path_share"],
+        "refs": summary["refs"],
+        "workers": a.workers,
+    }
     log(f"  {m.seconds:.1f} s, peak {m.peak_rss_mb:.0f} MB")
 
     for label, workers in (("virtualizarr_serial", 1), (f"virtualizarr_{a.workers}_processes", a.workers)):
         log(f"{label}: open_virtual_mfdataset + to_icechunk")
         target = runs / label
-        m = run_measured(python(VZ_BUILD) + [str(root), str(target), str(a.polygons), str(a.months), str(a.steps),
-                                             str(workers)], env={"ICECHUNK_LOG": "error"})
+        m = run_measured(
+            python(VZ_BUILD) + [str(root), str(target), str(a.polygons), str(a.months), str(a.steps), str(workers)],
+            env={"ICECHUNK_LOG": "error"},
+        )
         assert m.returncode == 0, m.stderr[-3000:]
         results[label] = {"seconds": m.seconds, "peak_rss_mb": m.peak_rss_mb, "workers": workers}
         log(f"  {m.seconds:.1f} s, peak {m.peak_rss_mb:.0f} MB")
-        check = run_measured(python(COMPARE) + [str(root), str(runs / "icefloe-cube"), str(target)],
-                             env={"ICECHUNK_LOG": "error"})
+        check = run_measured(
+            python(COMPARE) + [str(root), str(runs / "icefloe-cube"), str(target)], env={"ICECHUNK_LOG": "error"}
+        )
         results[label]["same_cube_as_icefloe"] = check.stdout.strip()
         log(f"  cube comparison: {check.stdout.strip()} {check.stderr[-500:]}")
 
@@ -152,12 +162,19 @@ def main() -> None:
 
     best_vz = min(results[k]["seconds"] for k in results if k.startswith("virtualizarr_"))
     results["ratios"] = {
-        "virtualizarr_serial_over_icefloe": results["virtualizarr_serial"]["seconds"] / results["icefloe_build"]["seconds"],
+        "virtualizarr_serial_over_icefloe": results["virtualizarr_serial"]["seconds"]
+        / results["icefloe_build"]["seconds"],
         "best_virtualizarr_over_icefloe": best_vz / results["icefloe_build"]["seconds"],
     }
-    out = save(f"p1_build_{n // 1000}k", {"files": n, "results": results,
-                                         "command": "python benchmarks/p1_build.py " + " ".join(
-                                             f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items())})
+    out = save(
+        f"p1_build_{n // 1000}k",
+        {
+            "files": n,
+            "results": results,
+            "command": "python benchmarks/p1_build.py "
+            + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items()),
+        },
+    )
     log(f"wrote {out}")
     log(json.dumps(results["ratios"]))
 

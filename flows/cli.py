@@ -373,6 +373,121 @@ def nativize(
 
 
 @app.command()
+def serve(
+    spec: SpecArg,
+    sweep_cron: Annotated[str, typer.Option(help="When the sweep (reconciling ingest) runs.")] = "*/15 * * * *",
+    maintain_cron: Annotated[str, typer.Option(help="When old snapshots are expired.")] = "0 3 * * 0",
+    older_than: Annotated[float, typer.Option(help="Days of history maintenance keeps.")] = 30.0,
+    threshold: Annotated[int, typer.Option(help="Events that start an ingest run.")] = 1,
+    within: Annotated[int, typer.Option(help="Seconds over which --threshold events are counted.")] = 0,
+    debug: DebugOpt = False,
+) -> None:
+    """Serve the cube's deployments (build, event-triggered ingest, sweep, maintain) against PREFECT_API_URL."""
+    with _errors():
+        loaded = _load(spec)
+        if not os.environ.get("PREFECT_API_URL"):
+            raise SpecError(
+                "set PREFECT_API_URL to a Prefect server (e.g. run `prefect server start`): served "
+                "deployments need one that outlives this command",
+                key="PREFECT_API_URL",
+            )
+        from prefect import serve as prefect_serve
+
+        from flows.deployments import cube_deployments, deployment_plans
+
+        plans = deployment_plans(
+            loaded,
+            spec.resolve(),
+            sweep_cron=sweep_cron,
+            maintain_cron=maintain_cron,
+            older_than_days=older_than,
+            threshold=threshold,
+            within=within,
+        )
+        for plan in plans:
+            console.print(
+                f"serving {plan.name}"
+                + (f" on {plan.cron}" if plan.cron else "")
+                + (
+                    " on icefloe.object.created under " + plan.trigger["match"]["prefect.resource.id"]
+                    if plan.trigger
+                    else ""
+                )
+            )
+        prefect_serve(*cube_deployments(plans), print_starting_message=False)
+
+
+bridge_app = typer.Typer(
+    help="Turn object-store notifications into Prefect events (icefloe.object.created).", no_args_is_help=True
+)
+app.add_typer(bridge_app, name="bridge")
+DeadLetterOpt = Annotated[
+    Path | None, typer.Option("--dead-letter", help="Append unreadable messages here (JSON lines).")
+]
+
+
+@bridge_app.command("webhook")
+def bridge_webhook(
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
+    dead_letter: DeadLetterOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """HTTP endpoint for the SeaweedFS filer webhook; needs the bearer token in ICEFLOE_WEBHOOK_TOKEN."""
+    with _errors():
+        import logging
+
+        from flows.bridge import serve_webhook
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        serve_webhook(host, port, dead_letter)
+
+
+@bridge_app.command("sqs")
+def bridge_sqs(
+    queue_url: Annotated[str, typer.Argument(help="The SQS queue S3 (or EventBridge) sends notifications to.")],
+    dead_letter_queue: Annotated[str | None, typer.Option(help="Send unreadable messages here.")] = None,
+    region: Annotated[str | None, typer.Option(help="AWS region (default: from the environment).")] = None,
+    endpoint: Annotated[str | None, typer.Option(help="SQS endpoint, for SQS-compatible services.")] = None,
+    wait: Annotated[int, typer.Option(help="Long-poll wait in seconds.")] = 20,
+    dead_letter: DeadLetterOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Long-poll an SQS queue of S3 event notifications; messages are deleted only once emitted."""
+    with _errors():
+        import logging
+
+        from flows.bridge import poll_sqs
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        poll_sqs(
+            queue_url,
+            dead_letter_queue=dead_letter_queue,
+            region=region,
+            endpoint=endpoint,
+            wait=wait,
+            dead_letter=dead_letter,
+        )
+
+
+@bridge_app.command("replay")
+def bridge_replay(
+    source: Annotated[str, typer.Argument(help="A JSON or JSON-lines file of notifications, or - for stdin.")],
+    dead_letter: DeadLetterOpt = None,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Emit the events of recorded notifications (S3 event records, EventBridge, SeaweedFS)."""
+    with _errors():
+        from flows.bridge import replay
+
+        counts = replay(source, dead_letter)
+        if not as_json:
+            console.print(f"emitted {counts['events']} event(s); {counts['dead_lettered']} message(s) dead-lettered")
+        _finish(counts, EXIT_OK)
+
+
+@app.command()
 def demo(
     directory: Annotated[Path, typer.Option("--dir", help="Where to write the demo archive and cube.")] = Path(
         "icefloe-demo"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor as _FuturesExecutor
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,13 +39,15 @@ class Executor:
     workers = 1
 
     def map(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[Any]:
-        out: list[Any] = []
+        return list(self.imap(fn, calls))
+
+    def imap(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> Iterator[Any]:
+        """Results in order, each as soon as it (and those before it) are done."""
         for args in calls:
             try:
-                out.append(fn(*args))
+                yield fn(*args)
             except Exception as e:
-                out.append(CallFailed(f"{type(e).__name__}: {e}"))
-        return out
+                yield CallFailed(f"{type(e).__name__}: {e}")
 
     def close(self) -> None:
         """Release workers."""
@@ -80,24 +82,24 @@ class PoolExecutor(Executor):
                 self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"))
         return self._pool
 
-    def map(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[Any]:
+    def imap(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> Iterator[Any]:
         from concurrent.futures.process import BrokenProcessPool
 
         pool = self._get_pool()
         futures = [pool.submit(fn, *args) for args in calls]
-        out: list[Any] = []
         broken = False
-        for future in futures:
-            try:
-                out.append(future.result())
-            except BrokenProcessPool as e:
-                broken = True
-                out.append(CallFailed(f"a worker process died ({e})", crashed=True))
-            except Exception as e:
-                out.append(CallFailed(f"{type(e).__name__}: {e}"))
-        if broken:
-            self.close()
-        return out
+        try:
+            for future in futures:
+                try:
+                    yield future.result()
+                except BrokenProcessPool as e:
+                    broken = True
+                    yield CallFailed(f"a worker process died ({e})", crashed=True)
+                except Exception as e:
+                    yield CallFailed(f"{type(e).__name__}: {e}")
+        finally:
+            if broken:
+                self.close()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -143,6 +145,9 @@ class LithopsExecutor(Executor):
     @property
     def name(self) -> str:  # type: ignore[override]
         return f"lithops/{self.config['lithops']['backend']}"
+
+    def imap(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> Iterator[Any]:
+        yield from self.map(fn, calls)
 
     def map(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[Any]:
         import lithops

@@ -15,16 +15,26 @@ from typing import TYPE_CHECKING, Any
 from lib.errors import SpecError, StorageError
 from lib.layout import Axes, Occupied, Placement, plan_layout
 from lib.ledger import INGESTED, LedgerRow
+from lib.parsing.fragment import Fragment
 from lib.state import CubeState
 from lib.validation import CubeSchema, FileEntry, compare_schemas, cube_encoding, encode_concat_values
 
 if TYPE_CHECKING:
     from lib.discovery import SourceObject
     from lib.executors import Executor
-    from lib.parsing import ParseOptions, SourceConfig
+    from lib.parsing import ParseFailure, ParseOptions, SourceConfig
     from lib.spool import Spool
 
-__all__ = ["ParsedBatch", "Plan", "cube_sizes", "ledger_row", "parse_objects", "plan_update"]
+__all__ = [
+    "ParsedBatch",
+    "Plan",
+    "SummarizedBatch",
+    "cube_sizes",
+    "ledger_row",
+    "parse_objects",
+    "plan_update",
+    "summarize_objects",
+]
 
 
 @dataclass
@@ -236,6 +246,36 @@ def _split(items: list[Any], parts: int) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+@dataclass
+class SummarizedBatch:
+    """What a parse worker sends back: per object an entry and its references (or the failure), and
+    the full schema once per distinct schema key -- not a metadata document per file."""
+
+    results: list[tuple[FileEntry, Fragment] | ParseFailure] = field(default_factory=list)
+    schemas: dict[str, CubeSchema] = field(default_factory=dict)
+
+
+def summarize_objects(
+    objects: list[SourceObject], source: SourceConfig, options: ParseOptions, pattern: dict[str, str]
+) -> SummarizedBatch:
+    """Parse and summarize objects; runs in the executor's workers (plain, picklable arguments)."""
+    from lib.parsing import ParseFailure, parse_batch
+    from lib.storage import checksum_for
+    from lib.validation import summarize_fragment
+
+    out = SummarizedBatch()
+    for obj, result in zip(objects, parse_batch([o.url for o in objects], source, options), strict=True):
+        if isinstance(result, ParseFailure):
+            out.results.append(result)
+            continue
+        entry, schema = summarize_fragment(
+            result, obj, checksum_for(obj.url, obj.etag, obj.last_modified), pattern, options.concat
+        )
+        out.schemas.setdefault(entry.schema_key, schema)
+        out.results.append((entry, result.references_only()))
+    return out
+
+
 def parse_objects(
     objects: list[SourceObject],
     batch: int,
@@ -245,51 +285,49 @@ def parse_objects(
     spool: Spool,
     pattern: dict[str, str],
 ) -> ParsedBatch:
-    """Parse a batch of objects over the executor, spool their fragments, keep their entries.
+    """Parse a batch of objects over the executor, spool their references, keep their entries.
 
     A call whose worker died is retried one object at a time, so the object that kills a parser is
     quarantined and the others still land.
     """
     from lib.executors import CallFailed
-    from lib.parsing import ParseFailure, parse_batch
-    from lib.storage import checksum_for
-    from lib.validation import summarize_fragment
+    from lib.parsing import ParseFailure
 
-    by_url = {o.url: o for o in objects}
-    urls = list(by_url)
-    chunks = _split(urls, max(1, executor.workers) * 2)
-    results = executor.map(parse_batch, [(chunk, source, options) for chunk in chunks])
-    flat: list[Any] = []
-    for chunk, result in zip(chunks, results, strict=True):
-        if isinstance(result, CallFailed) and result.crashed:
-            singles = executor.map(parse_batch, [([url], source, options) for url in chunk])
-            if all(isinstance(s, CallFailed) and s.crashed for s in singles):
-                # every object kills its worker alone: the workers are broken, not the objects
-                raise StorageError(f"parser workers keep dying ({result.error}); no object was quarantined")
-            for url, single in zip(chunk, singles, strict=True):
-                if isinstance(single, CallFailed):
-                    reason = f"'{url}' crashed the parser process ({single.error})" if single.crashed else single.error
-                    flat.append(ParseFailure(url, reason, transient=not single.crashed))
-                else:
-                    flat.extend(single)
-        elif isinstance(result, CallFailed):
-            flat.extend(ParseFailure(url, result.error, transient=True) for url in chunk)
-        else:
-            flat.extend(result)
-
+    chunks = _split(objects, max(1, executor.workers) * 2)
     out = ParsedBatch(batch=batch)
-    fragments = []
-    for result in flat:
-        if isinstance(result, ParseFailure):
-            (out.transient if result.transient else out.failed)[result.url] = result.reason
-            continue
-        obj = by_url[result.url]
-        entry, schema = summarize_fragment(
-            result, obj, checksum_for(obj.url, obj.etag, obj.last_modified), pattern, options.concat
-        )
-        entry.spool = (batch, len(fragments))
-        out.entries.append(entry)
-        out.schemas.setdefault(entry.schema_key, schema)
-        fragments.append(result)
-    spool.write(batch, fragments)
+    spooled: list[Fragment] = []
+
+    def absorb(summary: SummarizedBatch) -> None:
+        for key, schema in summary.schemas.items():
+            out.schemas.setdefault(key, schema)
+        for result in summary.results:
+            if isinstance(result, ParseFailure):
+                (out.transient if result.transient else out.failed)[result.url] = result.reason
+                continue
+            entry, refs = result
+            entry.spool = (batch, len(spooled))
+            out.entries.append(entry)
+            spooled.append(refs)
+
+    crashed: list[tuple[list[SourceObject], CallFailed]] = []
+    calls = [(chunk, source, options, pattern) for chunk in chunks]
+    for chunk, result in zip(chunks, executor.imap(summarize_objects, calls), strict=True):
+        if isinstance(result, CallFailed) and result.crashed:
+            crashed.append((chunk, result))
+        elif isinstance(result, CallFailed):
+            absorb(SummarizedBatch([ParseFailure(o.url, result.error, transient=True) for o in chunk]))
+        else:
+            absorb(result)
+    for chunk, failure in crashed:  # one object at a time, so the one that kills a parser is found
+        singles = executor.map(summarize_objects, [([o], source, options, pattern) for o in chunk])
+        if all(isinstance(s, CallFailed) and s.crashed for s in singles):
+            # every object kills its worker alone: the workers are broken, not the objects
+            raise StorageError(f"parser workers keep dying ({failure.error}); no object was quarantined")
+        for obj, single in zip(chunk, singles, strict=True):
+            if isinstance(single, CallFailed):
+                reason = f"'{obj.url}' crashed the parser process ({single.error})" if single.crashed else single.error
+                absorb(SummarizedBatch([ParseFailure(obj.url, reason, transient=not single.crashed)]))
+            else:
+                absorb(single)
+    spool.write(batch, spooled)
     return out

@@ -104,6 +104,23 @@ class Fragment:
     def ref_count(self) -> int:
         return sum(int(np.count_nonzero(a.lengths)) for a in self.arrays.values() if a.lengths is not None)
 
+    def references_only(self) -> Fragment:
+        """What writing the file into the cube needs once it is validated: refs and native values,
+        without the metadata (which the cube's schema holds once for all files)."""
+        arrays = {
+            path: ArrayFragment(
+                path=path,
+                metadata={},
+                offsets=a.offsets,
+                lengths=a.lengths,
+                values=a.values,
+                inlined=a.inlined,
+                storage=a.storage,
+            )
+            for path, a in self.arrays.items()
+        }
+        return Fragment(url=self.url, format=self.format, parser=self.parser, arrays=arrays)
+
 
 def _safe_value(value: Any, where: str, notes: list[str]) -> Any:
     """A JSON-safe form of one attribute value; values JSON cannot hold get a documented spelling.

@@ -95,8 +95,18 @@ def _fill_from_json(value: Any, dtype: Any) -> Any:
 
 
 # Attributes netCDF-4 and HDF5 dimension scales use for bookkeeping; VirtualiZarr leaves them out.
-HIDDEN_ATTRIBUTES = frozenset({"REFERENCE_LIST", "CLASS", "DIMENSION_LIST", "NAME", "_Netcdf4Dimid",
-                               "_Netcdf4Coordinates", "_nc3_strict", "_NCProperties"})
+HIDDEN_ATTRIBUTES = frozenset(
+    {
+        "REFERENCE_LIST",
+        "CLASS",
+        "DIMENSION_LIST",
+        "NAME",
+        "_Netcdf4Dimid",
+        "_Netcdf4Coordinates",
+        "_nc3_strict",
+        "_NCProperties",
+    }
+)
 
 
 def _attributes(obj: Any) -> dict[str, Any]:
@@ -144,7 +154,12 @@ def _dimension_names(dataset: Any, group: str) -> list[str]:
         count = h5py.h5ds.get_num_scales(dsid, axis) if not is_scale else 0
         if count == 1:
             found: list[str] = []
-            h5py.h5ds.iterate(dsid, axis, lambda scale: found.append(h5py.h5i.get_name(scale).decode()) or 0)
+
+            def visit(scale: Any, found: list[str] = found) -> int:
+                found.append(h5py.h5i.get_name(scale).decode())
+                return 0
+
+            h5py.h5ds.iterate(dsid, axis, visit)
             dims.append(found[0])
         elif is_scale:
             dims.append(str(dataset.name))

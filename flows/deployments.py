@@ -1,0 +1,136 @@
+"""A cube's Prefect deployments, built in code (``icefloe serve``) and kept in step with
+``deployments/prefect.yaml`` (a test compares them).
+
+For a cube named ``N``:
+
+* ``N-build`` -- ``build_cube``, run by hand;
+* ``N-ingest`` -- ``ingest_objects``, triggered by ``icefloe.object.created`` events whose resource id
+  is under the source prefix; it passes no URLs: each run drains everything pending;
+* ``N-sweep`` -- the same flow on a schedule, the reconciler for lost events;
+* ``N-maintain`` -- ``maintain_repository`` on a schedule.
+
+Writers run one at a time: a concurrency limit of 1 per deployment with the ENQUEUE strategy (and,
+between deployments served on one machine, the cube's writer lock).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lib.events import CREATED_EVENT
+from lib.spec import Spec
+
+__all__ = ["DeploymentPlan", "cube_deployments", "deployment_plans"]
+
+
+@dataclass(frozen=True)
+class DeploymentPlan:
+    """What one deployment is: plain values shared by the code path and the YAML test."""
+
+    name: str
+    entrypoint: str
+    parameters: dict[str, Any]
+    cron: str | None = None
+    trigger: dict[str, Any] | None = None
+    concurrency: int | None = None
+    description: str = ""
+
+
+def deployment_plans(
+    spec: Spec,
+    spec_path: Path | str,
+    *,
+    sweep_cron: str = "*/15 * * * *",
+    maintain_cron: str = "0 3 * * 0",
+    older_than_days: float = 30.0,
+    threshold: int = 1,
+    within: int = 0,
+) -> list[DeploymentPlan]:
+    """The four deployments of a cube."""
+    params = {"spec": str(spec_path)}
+    trigger = {
+        "expect": [CREATED_EVENT],
+        "match": {"prefect.resource.id": f"{spec.source.url}*"},
+        "threshold": threshold,
+        "within": within,
+    }
+    return [
+        DeploymentPlan(
+            f"{spec.name}-build",
+            "flows/build_cube.py:build_cube",
+            params,
+            concurrency=1,
+            description=f"Rebuild {spec.name} from every object of {spec.source.url}",
+        ),
+        DeploymentPlan(
+            f"{spec.name}-ingest",
+            "flows/ingest_objects.py:ingest_objects",
+            params,
+            trigger=trigger,
+            concurrency=1,
+            description=f"Ingest new objects of {spec.source.url} as events announce them",
+        ),
+        DeploymentPlan(
+            f"{spec.name}-sweep",
+            "flows/ingest_objects.py:ingest_objects",
+            params,
+            cron=sweep_cron,
+            concurrency=1,
+            description="Ingest whatever is pending, whether or not an event said so",
+        ),
+        DeploymentPlan(
+            f"{spec.name}-maintain",
+            "flows/maintain_repository.py:maintain_repository",
+            {**params, "older_than_days": older_than_days},
+            cron=maintain_cron,
+            concurrency=1,
+            description="Expire old snapshots and collect garbage",
+        ),
+    ]
+
+
+def cube_deployments(plans: list[DeploymentPlan]) -> list[Any]:
+    """Prefect runner deployments for the plans, ready for ``prefect.serve``."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.events import DeploymentEventTrigger
+    from prefect.types.entrypoint import EntrypointType
+
+    from flows.build_cube import build_cube
+    from flows.ingest_objects import ingest_objects
+    from flows.maintain_repository import maintain_repository
+
+    flows = {"build_cube": build_cube, "ingest_objects": ingest_objects, "maintain_repository": maintain_repository}
+    out = []
+    for plan in plans:
+        flow = flows[plan.entrypoint.rsplit(":", 1)[1]]
+        triggers = None
+        if plan.trigger is not None:
+            triggers = [
+                DeploymentEventTrigger(
+                    name=f"{plan.name} on new objects",
+                    expect=set(plan.trigger["expect"]),
+                    match=plan.trigger["match"],
+                    threshold=plan.trigger["threshold"],
+                    within=plan.trigger["within"],
+                )
+            ]
+        concurrency = None
+        if plan.concurrency is not None:
+            concurrency = ConcurrencyLimitConfig(
+                limit=plan.concurrency, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
+            )
+        out.append(
+            flow.to_deployment(
+                name=plan.name,
+                parameters=plan.parameters,
+                cron=plan.cron,
+                triggers=triggers,
+                concurrency_limit=concurrency,
+                description=plan.description,
+                tags=["icefloe"],
+                entrypoint_type=EntrypointType.MODULE_PATH,  # runs from any directory: the flows are installed
+            )
+        )
+    return out

@@ -1,0 +1,191 @@
+"""The event-driven pipeline on one machine, exactly as on AWS but on loopback: a Prefect server, a
+SeaweedFS S3 whose filer webhook feeds ``icefloe bridge webhook``, and ``icefloe serve`` running the
+cube's deployments. Used by ``icefloe demo --s3``, the end-to-end tests and the latency benchmark.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lib.errors import StorageError
+from lib.seaweedfs import LocalS3, start_local_s3
+
+__all__ = ["LocalStack", "wait_for"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise StorageError(f"the process serving {url} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise StorageError(f"{url} did not answer within {timeout} s")
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 120, poll: float = 0.25) -> float:
+    """Wait until ``check()`` holds; returns the seconds it took."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if check():
+            return time.monotonic() - start
+        time.sleep(poll)
+    raise StorageError(f"timed out after {timeout} s waiting for {what}")
+
+
+class LocalStack:
+    """Processes of the local event path, started on demand and all stopped by :meth:`close`."""
+
+    def __init__(self, directory: Path, prefect_api: str | None = None) -> None:
+        self.directory = Path(directory).resolve()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.env: dict[str, str] = {
+            **os.environ,
+            "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "ICECHUNK_LOG": "error",
+        }
+        self.api = prefect_api
+        if prefect_api:
+            self.env["PREFECT_API_URL"] = prefect_api
+        self.s3: LocalS3 | None = None
+        self.token = secrets.token_hex(16)
+        self.bridge_port = _free_port()
+        self.env["ICEFLOE_WEBHOOK_TOKEN"] = self.token
+
+    def _bin(self, name: str) -> str:
+        found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+        if not found:
+            raise StorageError(f"`{name}` is not installed in this environment")
+        return found
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = open(self.directory / f"{name}.log", "ab")  # noqa: SIM115 (the process writes it for its life)
+        proc = subprocess.Popen(
+            cmd, env=env or self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.directory
+        )
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def stop(self, name: str, timeout: float = 20) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+    def start_prefect(self) -> str:
+        """A Prefect server of this stack's own (its database in the stack's directory)."""
+        port = _free_port()
+        env = {
+            **self.env,
+            "PREFECT_HOME": str(self.directory / "prefect"),
+            "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "1",
+        }
+        env.pop("PREFECT_API_URL", None)
+        proc = self.start(
+            "prefect", [self._bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env
+        )
+        self.api = f"http://127.0.0.1:{port}/api"
+        _wait_http(f"{self.api}/health", 120, proc)
+        self.env["PREFECT_API_URL"] = self.api
+        return self.api
+
+    def start_s3(self, watch: str) -> LocalS3:
+        """SeaweedFS, its filer webhook pointed at this stack's bridge for objects under ``watch``."""
+        self.s3 = start_local_s3(
+            self.directory / "s3",
+            webhook_url=f"http://127.0.0.1:{self.bridge_port}/",
+            webhook_token=self.token,
+            watch_prefixes=(watch,),
+        )
+        self.env.update(self.s3.env())
+        return self.s3
+
+    def start_bridge(self) -> None:
+        proc = self.start(
+            "bridge",
+            [
+                self._bin("icefloe"),
+                "bridge",
+                "webhook",
+                "--port",
+                str(self.bridge_port),
+                "--dead-letter",
+                str(self.directory / "dead-letters.jsonl"),
+            ],
+        )
+        _wait_http(f"http://127.0.0.1:{self.bridge_port}/", 60, proc)
+
+    def serve(self, spec_path: Path, *extra: str) -> None:
+        self.start("serve", [self._bin("icefloe"), "serve", str(spec_path), *extra])
+
+    def deployment_exists(self, flow: str, name: str) -> bool:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            try:
+                client.read_deployment_by_name(f"{flow}/{name}")
+                return True
+            except Exception:
+                return False
+
+    def flow_runs(self, flow: str, deployment: str) -> list[Any]:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+        with get_client(sync_client=True) as client:
+            dep = client.read_deployment_by_name(f"{flow}/{deployment}")
+            return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
+
+    def icefloe(self, *args: str, timeout: float = 600, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [self._bin("icefloe"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=stdin,
+            stdin=None if stdin is not None else subprocess.DEVNULL,
+        )
+
+    def close(self) -> None:
+        for name in ("serve", "bridge"):
+            self.stop(name)
+        if self.s3 is not None:
+            self.s3.stop()
+            self.s3 = None
+        for name in list(self.procs):
+            self.stop(name)
+
+    def __enter__(self) -> LocalStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

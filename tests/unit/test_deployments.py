@@ -1,0 +1,50 @@
+"""deployments/prefect.yaml is the same set of deployments `icefloe serve` builds in code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from flows.deployments import cube_deployments, deployment_plans
+from lib.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = "deployments/oae-efficiency.yaml"
+
+
+def test_prefect_yaml_matches_the_deployments_serve_builds() -> None:
+    spec = load_spec(ROOT / SPEC)
+    plans = {p.name: p for p in deployment_plans(spec, SPEC)}
+    document = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
+    listed = {d["name"]: d for d in document["deployments"]}
+    assert set(listed) == set(plans) == {f"{spec.name}-{k}" for k in ("build", "ingest", "sweep", "maintain")}
+    for name, plan in plans.items():
+        d = listed[name]
+        assert d["entrypoint"] == plan.entrypoint
+        assert d["parameters"] == plan.parameters
+        assert d["description"] == plan.description
+        assert d["concurrency_limit"] == {"limit": plan.concurrency, "collision_strategy": "ENQUEUE"}
+        assert [s["cron"] for s in d.get("schedules", [])] == ([plan.cron] if plan.cron else [])
+        if plan.trigger is None:
+            assert "triggers" not in d
+        else:
+            (trigger,) = d["triggers"]
+            assert trigger["expect"] == plan.trigger["expect"]
+            assert trigger["match"] == plan.trigger["match"]
+            assert (trigger["threshold"], trigger["within"]) == (plan.trigger["threshold"], plan.trigger["within"])
+        assert (ROOT / d["entrypoint"].split(":")[0]).is_file()
+
+
+def test_code_deployments_carry_triggers_schedules_and_limits() -> None:
+    spec = load_spec(ROOT / SPEC)
+    deployments = {d.name: d for d in cube_deployments(deployment_plans(spec, SPEC))}
+    ingest = deployments["oae-efficiency-ingest"]
+    (trigger,) = ingest.triggers
+    assert trigger.expect == {"icefloe.object.created"}
+    assert trigger.match.model_dump()["prefect.resource.id"] == "s3://archive/oae/*"
+    assert ingest.parameters == {"spec": SPEC}  # the trigger passes no URLs: each run drains what is pending
+    for d in deployments.values():
+        assert d.concurrency_limit == 1 and d.concurrency_options.collision_strategy.value == "ENQUEUE"
+    assert deployments["oae-efficiency-sweep"].schedules[0].schedule.cron == "*/15 * * * *"
+    assert not deployments["oae-efficiency-build"].schedules
