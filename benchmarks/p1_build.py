@@ -15,7 +15,6 @@ import json
 import shutil
 import textwrap
 import time
-from pathlib import Path
 
 from benchmarks.common import BIN, WORK, log, python, run_measured, save
 from benchmarks.generate import generate
@@ -143,20 +142,20 @@ def main() -> None:
         log(f"{label}: open_virtual_mfdataset + to_icechunk")
         target = runs / label
         m = run_measured(
-            python(VZ_BUILD) + [str(root), str(target), str(a.polygons), str(a.months), str(a.steps), str(workers)],
+            [*python(VZ_BUILD), str(root), str(target), str(a.polygons), str(a.months), str(a.steps), str(workers)],
             env={"ICECHUNK_LOG": "error"},
         )
         assert m.returncode == 0, m.stderr[-3000:]
         results[label] = {"seconds": m.seconds, "peak_rss_mb": m.peak_rss_mb, "workers": workers}
         log(f"  {m.seconds:.1f} s, peak {m.peak_rss_mb:.0f} MB")
         check = run_measured(
-            python(COMPARE) + [str(root), str(runs / "icefloe-cube"), str(target)], env={"ICECHUNK_LOG": "error"}
+            [*python(COMPARE), str(root), str(runs / "icefloe-cube"), str(target)], env={"ICECHUNK_LOG": "error"}
         )
         results[label]["same_cube_as_icefloe"] = check.stdout.strip()
         log(f"  cube comparison: {check.stdout.strip()} {check.stderr[-500:]}")
 
     log(f"parse-only throughput on {a.parse_sample} files")
-    m = run_measured(python(PARSE_ONLY) + [str(root), str(a.parse_sample)])
+    m = run_measured([*python(PARSE_ONLY), str(root), str(a.parse_sample)])
     assert m.returncode == 0, m.stderr[-3000:]
     results["parse_only_files_per_second"] = json.loads(m.stdout)
 

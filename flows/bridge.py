@@ -105,7 +105,7 @@ def make_handler(token: str, dead: DeadLetters, emit: Callable[[list[ObjectEvent
     class Handler(BaseHTTPRequestHandler):
         server_version = "icefloe-bridge"
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+        def log_message(self, format: str, *args: Any) -> None:
             log.debug("%s " + format, self.client_address[0], *args)
 
         def _reply(self, status: HTTPStatus, message: str) -> None:
@@ -116,10 +116,10 @@ def make_handler(token: str, dead: DeadLetters, emit: Callable[[list[ObjectEvent
             self.end_headers()
             self.wfile.write(body)
 
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_GET(self) -> None:
             self._reply(HTTPStatus.OK, "icefloe bridge: POST notifications here")
 
-        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_POST(self) -> None:
             given = (self.headers.get("Authorization") or "").encode()
             if not hmac.compare_digest(given, expected):
                 self._reply(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token")
