@@ -492,15 +492,27 @@ def demo(
     directory: Annotated[Path, typer.Option("--dir", help="Where to write the demo archive and cube.")] = Path(
         "icefloe-demo"
     ),
+    s3: Annotated[
+        bool, typer.Option("--s3", help="Run it all on a local S3 (SeaweedFS) through the event path.")
+    ] = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Make a small 6-D archive, build its cube (one bad file is quarantined), show how to open it."""
-    with _errors():
-        from flows.demo import run_demo
+    """Make a small 6-D archive, build its cube (one bad file is quarantined), show how to open it.
 
+    With --s3: a local SeaweedFS, a Prefect server, the event bridge and served deployments; new
+    objects reach main through S3 notifications → Prefect events → the ingest deployment.
+    """
+    with _errors():
         _quiet_prefect(_debug)
-        payload = run_demo(directory.resolve(), console=None if as_json else console, run_flow=_run_flow)
+        if s3:
+            from flows.demo import run_s3_demo
+
+            payload = run_s3_demo(directory.resolve(), console=None if as_json else console)
+        else:
+            from flows.demo import run_demo
+
+            payload = run_demo(directory.resolve(), console=None if as_json else console, run_flow=_run_flow)
         _finish(payload, EXIT_OK)
 
 

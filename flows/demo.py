@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lib.demo import DemoShape, demo_spec, write_bad_file, write_demo_archive
+from lib.demo import DemoShape, demo_spec, write_bad_file, write_demo_archive, write_step
 from lib.errors import IcefloeError, PublishBlocked
 
-__all__ = ["open_snippet", "run_demo"]
+__all__ = ["open_snippet", "run_demo", "run_s3_demo"]
 
 MARKER = ".icefloe-demo"
 
@@ -72,3 +73,100 @@ def run_demo(directory: Path, console: Any, run_flow: Callable[..., dict[str, An
     if console is not None:
         console.print(snippet, soft_wrap=True, markup=False, highlight=False)
     return {"dir": str(directory), "spec": str(spec_path), "build": summary, "open": snippet}
+
+
+def run_s3_demo(directory: Path, console: Any) -> dict[str, Any]:
+    """The event path on loopback: SeaweedFS → filer webhook → bridge → Prefect event → served ingest."""
+    import json
+
+    from flows.stack import LocalStack, wait_for
+    from lib.ledger import INGESTED, read_rows
+    from lib.repository import open_repository
+    from lib.spec import load_spec
+
+    def say(text: str) -> None:
+        if console is not None:
+            console.print(text)
+
+    _fresh_directory(directory)
+    shutil.rmtree(directory / "stack", ignore_errors=True)
+    shape = DemoShape()
+    with LocalStack(directory / "stack", prefect_api=os.environ.get("PREFECT_API_URL")) as stack:
+        if stack.api is None:
+            say("[bold]1.[/] starting a Prefect server (UI at the address below)")
+            stack.start_prefect()
+        say(f"   Prefect API: {stack.api}")
+        s3 = stack.start_s3("/buckets/archive/demo/")
+        stack.start_bridge()
+        say(
+            f"[bold]2.[/] SeaweedFS S3 at {s3.endpoint}; its filer webhook feeds `icefloe bridge webhook` "
+            f"on port {stack.bridge_port}"
+        )
+        local = directory / "archive"
+        files = write_demo_archive(local, shape)
+        client = s3.client()
+        for f in files:
+            client.upload_file(str(f), "archive", f"demo/{f.relative_to(local)}")  # type: ignore[attr-defined]
+        spec_path = directory / "demo-s3.yaml"
+        spec_path.write_text(
+            f"name: demo-s3\nsource:\n  url: s3://archive/demo/\n"
+            f'  pattern: "polygon_{{polygon:d}}/month_{{month:d}}/step_*.nc"\n  storage: {s3.storage_yaml()}\n'
+            f"concat: [time]\nrepo:\n  url: s3://cubes/demo-s3\n"
+        )
+        say(f"[bold]3.[/] uploaded {len(files)} tiles to s3://archive/demo/; building the cube in s3://cubes/demo-s3")
+        built = stack.icefloe("build", str(spec_path), "--json")
+        if built.returncode not in (0, 3):
+            raise IcefloeError(f"the S3 demo build failed: {built.stdout or built.stderr[-2000:]}")
+        summary = json.loads(built.stdout)
+        say(f"   {summary['ingested']} objects in the cube, dims {summary['dims']}")
+        say("[bold]4.[/] serving the cube's deployments (build, event-triggered ingest, sweep, maintain)")
+        stack.serve(spec_path)
+        wait_for("the served deployments", lambda: stack.deployment_exists("ingest_objects", "demo-s3-ingest"))
+        spec = load_spec(spec_path)
+        os.environ.update(s3.env())
+        new = []
+        for p in range(shape.polygons):
+            for m in range(1, shape.months + 1):
+                path = write_step(
+                    local / f"polygon_{p:03d}" / f"month_{m:02d}" / f"step_{shape.steps:04d}.nc",
+                    p,
+                    m,
+                    shape.steps,
+                    shape,
+                )
+                key = f"demo/{path.relative_to(local)}"
+                client.upload_file(str(path), "archive", key)  # type: ignore[attr-defined]
+                new.append(f"s3://archive/{key}")
+        say(f"[bold]5.[/] uploaded {len(new)} new tiles (one more time step each); waiting for them on main")
+
+        def on_main() -> bool:
+            repo = open_repository(spec)
+            assert repo is not None
+            rows = read_rows(repo.readonly_session(branch="main").store)
+            return set(new) <= {r.url for r in rows if r.status == INGESTED}
+
+        seconds = wait_for("the new tiles on main", on_main, timeout=300, poll=0.5)
+        runs = stack.flow_runs("ingest_objects", "demo-s3-ingest")
+        say(
+            f"   on main {seconds:.1f} s after the uploads began (PUT → webhook → bridge → event → "
+            f"{len(runs)} triggered flow run(s) → staging → checks → main)"
+        )
+        snippet = (
+            "import icechunk, xarray as xr  # with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY of the demo's S3\n"
+            f"repo = icechunk.Repository.open(icechunk.s3_storage(bucket='cubes', prefix='demo-s3', "
+            f"endpoint_url={s3.endpoint!r}, allow_http=True, force_path_style=True, from_env=True), "
+            f"authorize_virtual_chunk_access=icechunk.containers_credentials("
+            f"{{'s3://archive/demo/': icechunk.s3_from_env_credentials()}}))\n"
+            "cube = xr.open_zarr(repo.readonly_session('main').store, consolidated=False)"
+        )
+        say("[bold]6.[/] the cube opens with (while this S3 server runs; it stops with the demo):\n")
+        if console is not None:
+            console.print(snippet, soft_wrap=True, markup=False, highlight=False)
+        return {
+            "dir": str(directory),
+            "build": summary,
+            "new_objects": new,
+            "seconds_to_main": seconds,
+            "triggered_runs": [str(r.id) for r in runs],
+            "open": snippet,
+        }

@@ -146,10 +146,22 @@ class LocalStack:
     def serve(self, spec_path: Path, *extra: str) -> None:
         self.start("serve", [self._bin("icefloe"), "serve", str(spec_path), *extra])
 
-    def deployment_exists(self, flow: str, name: str) -> bool:
-        from prefect.client.orchestration import get_client
+    def _client(self) -> Any:
+        """A Prefect client of this stack's server, whatever this process's own settings say."""
+        from contextlib import ExitStack
 
-        with get_client(sync_client=True) as client:
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        stack = ExitStack()
+        if self.api:
+            stack.enter_context(temporary_settings(updates={PREFECT_API_URL: self.api}))
+        client = stack.enter_context(get_client(sync_client=True))
+        return stack, client
+
+    def deployment_exists(self, flow: str, name: str) -> bool:
+        stack, client = self._client()
+        with stack:
             try:
                 client.read_deployment_by_name(f"{flow}/{name}")
                 return True
@@ -157,10 +169,10 @@ class LocalStack:
                 return False
 
     def flow_runs(self, flow: str, deployment: str) -> list[Any]:
-        from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
-        with get_client(sync_client=True) as client:
+        stack, client = self._client()
+        with stack:
             dep = client.read_deployment_by_name(f"{flow}/{deployment}")
             return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
 

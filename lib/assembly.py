@@ -188,39 +188,81 @@ def _offset(var: VariableSchema, schema: CubeSchema, placement: Placement) -> tu
     return tuple(out)
 
 
-def _ref_calls(items: Iterable[BatchItem], schema: CubeSchema, refs_for: set[str]) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class RefCall:
+    """One ``set_virtual_refs_arr`` call: one file's block of one variable."""
+
+    array_path: str
+    chunk_grid_shape: tuple[int, ...]
+    locations: list[str]
+    offsets: np.ndarray
+    lengths: np.ndarray
+    arr_offset: tuple[int, ...]
+    checksum: Any
+
+
+def _ref_calls(items: Iterable[BatchItem], schema: CubeSchema, refs_for: set[str]) -> list[RefCall]:
+    """The calls that write each file's refs at its offset (the per-file hot path of a build)."""
+    variables = [v for v in schema.variables.values() if v.kind == "virtual" and v.path in refs_for]
+    # per variable, once: padding for the pattern dims, and where a file's offset comes from
+    layout = []
+    for var in variables:
+        pad = len(cube_dims(var, schema)) - len(var.dims)
+        concat_axes = [
+            (i, dim, chunk)
+            for i, (dim, chunk) in enumerate(zip(var.dims, var.chunks, strict=True))
+            if dim in schema.concat
+        ]
+        layout.append((var, pad, concat_axes, var.role in (DATA, CELL)))
     calls = []
     for item in items:
         location = ref_location(item.fragment.url)
-        for var in schema.variables.values():
-            if var.kind != "virtual" or var.path not in refs_for:
-                continue
-            frag = item.fragment.arrays[var.path]
+        placement = item.placement
+        ranges = {d: a for d, a, _ in placement.ranges}
+        arrays = item.fragment.arrays
+        for var, pad, concat_axes, padded in layout:
+            frag = arrays[var.path]
             lengths = frag.lengths.ravel()
             present = lengths > 0
-            if not present.any():
+            count = int(present.sum())
+            if not count:
                 continue
-            pad = len(cube_dims(var, schema)) - len(var.dims)
+            offset = [0] * len(var.dims)
+            for axis, dim, chunk in concat_axes:
+                offset[axis] = ranges[dim] // chunk
+            if count == lengths.size:
+                locations = [location] * count
+            else:  # chunks the file never wrote stay empty in the cube (they read as the fill value)
+                locations = [location if p else "" for p in present.tolist()]
             calls.append(
-                dict(
-                    array_path=var.path,
-                    chunk_grid_shape=(1,) * pad + tuple(frag.lengths.shape),
-                    locations=[location if p else "" for p in present.tolist()],
-                    offsets=np.ascontiguousarray(frag.offsets.ravel(), dtype=np.uint64),
-                    lengths=np.ascontiguousarray(lengths, dtype=np.uint64),
-                    arr_offset=_offset(var, schema, item.placement),
-                    checksum=item.checksum,
+                RefCall(
+                    var.path,
+                    (1,) * pad + frag.lengths.shape,
+                    locations,
+                    frag.offsets.ravel().astype(np.uint64, copy=False),
+                    lengths.astype(np.uint64, copy=False),
+                    (*placement.cell, *offset) if padded else tuple(offset),
+                    item.checksum,
                 )
             )
     return calls
 
 
-def _set_refs(store: Any, calls: list[dict[str, Any]]) -> None:
+def _set_refs(store: Any, calls: list[RefCall]) -> None:
     for call in calls:
-        failed = store.set_virtual_refs_arr(**call, validate_containers=True)
+        failed = store.set_virtual_refs_arr(
+            call.array_path,
+            call.chunk_grid_shape,
+            call.locations,
+            call.offsets,
+            call.lengths,
+            validate_containers=True,
+            arr_offset=call.arr_offset,
+            checksum=call.checksum,
+        )
         if failed:
             raise StorageError(
-                f"Icechunk refused {len(failed)} references of '{call['array_path']}' "
+                f"Icechunk refused {len(failed)} references of '{call.array_path}' "
                 f"(outside the source's virtual chunk container?)"
             )
 
@@ -265,7 +307,7 @@ def place_batch(session: icechunk.Session, schema: CubeSchema, items: list[Batch
     else:
         _set_refs(session.store, calls)
     _write_natives(session.store, schema, items)
-    return sum(int(np.count_nonzero(c["lengths"])) for c in calls)
+    return sum(int(np.count_nonzero(c.lengths)) for c in calls)
 
 
 def clear_blocks(

@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lib.errors import StorageError
 
@@ -67,6 +68,7 @@ class LocalS3:
     process: subprocess.Popen[bytes]
     log_path: Path
     buckets: tuple[str, ...] = field(default=())
+    _client: Any = field(default=None, repr=False)
 
     def env(self) -> dict[str, str]:
         """The environment icefloe (and boto3) read credentials from."""
@@ -78,24 +80,29 @@ class LocalS3:
             "AWS_EC2_METADATA_DISABLED": "true",
         }
 
-    def client(self) -> object:
-        """A boto3 S3 client for this server (path-style addressing)."""
-        import boto3
-        from botocore.config import Config
+    def client(self) -> Any:
+        """A boto3 S3 client for this server (path-style addressing), closed by :meth:`stop`."""
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
 
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-            region_name="us-east-1",
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}),
-        )
+            self._client = boto3.client(
+                "s3",
+                endpoint_url=self.endpoint,
+                aws_access_key_id=self.access_key,
+                aws_secret_access_key=self.secret_key,
+                region_name="us-east-1",
+                config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}),
+            )
+        return self._client
 
     def storage_yaml(self) -> str:
         return f"{{endpoint: {self.endpoint}, region: us-east-1, path_style: true}}"
 
     def stop(self, timeout: float = 20) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:

@@ -104,3 +104,19 @@ def test_demo_runs_end_to_end(prefect_server: str, icefloe_cli: str, tmp_path: P
     namespace: dict = {}
     exec(out["open"], namespace)  # the snippet the demo prints really opens the cube
     assert namespace["cube"].DIC.shape == (2, 3, 4, 5, 16, 16)
+
+
+@pytest.mark.slow
+def test_s3_demo_runs_the_event_path(icefloe_cli: str, tmp_path: Path) -> None:
+    env_free = subprocess.run(
+        [icefloe_cli, "demo", "--s3", "--dir", str(tmp_path / "demo"), "--json"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=900,
+        env={k: v for k, v in __import__("os").environ.items() if k != "PREFECT_API_URL"},
+    )
+    assert env_free.returncode == 0, env_free.stderr[-3000:]
+    out = json.loads(env_free.stdout)
+    assert out["build"]["ingested"] == 24 and len(out["new_objects"]) == 6
+    assert out["triggered_runs"], "the new objects must reach main through the triggered deployment"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
 import pytest
 import xarray as xr
 
@@ -76,12 +77,13 @@ def test_s3_refs_carry_the_etag(local_s3: object, s3_bucket: str, tmp_path: Path
     # the same bytes uploaded again still read; other bytes under the same key fail loudly
     upload(local_s3, s3_bucket, root, files[:1])
     open_cube(spec).DIC.load()
-    write_step(files[0], 0, 1, 0, DemoShape(), complevel=9)
+    with h5py.File(files[0], "r+") as f:  # new values, same layout: the cube's refs are now stale
+        f["DIC"][...] = f["DIC"][...] + 1
     upload(local_s3, s3_bucket, root, files[:1])
     with pytest.raises(Exception, match="checksum"):
         open_cube(spec).DIC.isel(time=0).load()
     drift = verify_sources(open_repo(spec), spec)
     assert [c["url"] for c in drift.changed] == [f"s3://{s3_bucket}/archive/polygon_000/month_01/step_0000.nc"]
     summary = run_cube(spec, "ingest", replace=True)
-    assert summary.ingested == 1
+    assert summary.ingested == 1, summary
     assert_cube_equals(spec, root)
