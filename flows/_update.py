@@ -25,7 +25,7 @@ from tasks.nativize import nativize_staging
 from tasks.parse import parse_batch
 from tasks.plan import plan_cube
 from tasks.publish import publish_cube
-from tasks.report import report_run
+from tasks.report import report_coverage, report_run
 
 __all__ = ["update_cube"]
 
@@ -92,6 +92,7 @@ def update_cube(
             finally:
                 run.close()
     report_run(summary, spec.name)
+    report_coverage(spec)
     if summary.error:
         raise PublishBlocked(summary.error, summary.to_json())
     return summary.to_json()

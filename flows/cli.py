@@ -280,30 +280,99 @@ def plan(spec: SpecArg, as_json: JsonOpt = False, debug: DebugOpt = False) -> No
 @app.command()
 def log(
     spec: SpecArg,
-    limit: Annotated[int, typer.Option(help="Show at most this many snapshots.")] = 50,
+    limit: Annotated[int, typer.Option(help="Read at most this many snapshots.")] = 200,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """History of main: snapshots, messages, counts."""
+    """History of main: each run (build, ingest, ...) with its flow run, counts and snapshots."""
     with _errors():
-        from lib.repository import history, open_repository
+        from lib.repository import history, open_repository, run_history
 
         loaded = _load(spec)
         repo = open_repository(loaded)
         if repo is None:
             raise IcefloeError(f"no cube at {loaded.repo.url} yet: run `icefloe build {spec}` first")
         entries = history(repo, loaded.repo.branch, limit)
+        runs = run_history(entries)
         if not as_json:
             table = Table(title=f"{loaded.name}: history of {loaded.repo.branch}")
-            for column in ("snapshot", "written", "message", "flow run"):
-                table.add_column(column)
-            for e in entries:
-                meta = e["metadata"].get("icefloe", {})
+            for column in (
+                "finished",
+                "operation",
+                "ingested",
+                "quarantined",
+                "refs",
+                "seconds",
+                "snapshot",
+                "flow run",
+            ):
+                table.add_column(
+                    column, justify="right" if column in ("ingested", "quarantined", "refs", "seconds") else "left"
+                )
+            for r in runs:
                 table.add_row(
-                    e["snapshot"], e["written_at"][:19].replace("T", " "), e["message"], str(meta.get("flow_run") or "")
+                    r["finished_at"][:19].replace("T", " "),
+                    r["operation"],
+                    str(r["ingested"]),
+                    str(r["quarantined"]),
+                    str(r["refs"]),
+                    f"{r['seconds']:.1f}",
+                    r["snapshot"],
+                    str(r["flow_run"] or ""),
                 )
             console.print(table)
-        _finish({"branch": loaded.repo.branch, "snapshots": entries}, EXIT_OK)
+        _finish({"branch": loaded.repo.branch, "runs": runs, "snapshots": entries}, EXIT_OK)
+
+
+@app.command()
+def status(
+    spec: SpecArg,
+    png: Annotated[Path | None, typer.Option("--png", help="Also draw the coverage map into this PNG file.")] = None,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Coverage of the cube: per pattern cell the share of the axis present, what is missing, what was refused."""
+    with _errors():
+        from lib.coverage import coverage_png, measure_coverage
+        from lib.repository import open_repository
+
+        loaded = _load(spec)
+        repo = open_repository(loaded)
+        if repo is None:
+            raise IcefloeError(f"no cube at {loaded.repo.url} yet: run `icefloe build {spec}` first")
+        cov = measure_coverage(repo, loaded)
+        payload = cov.to_json()
+        if png is not None:
+            png.write_bytes(coverage_png(cov, f"{loaded.name}: share of the axis present"))
+            payload["png"] = str(png)
+        if not as_json:
+            _coverage_table(cov, loaded.name)
+        _finish(payload, EXIT_OK)
+
+
+def _coverage_table(cov: Any, name: str) -> None:
+    from lib.coverage import folded
+
+    frac, quar, rows, cols, row_dim, col_dim = folded(cov)
+    table = Table(
+        title=f"{name}: coverage of the {cov.totals.get('concat_dim') or 'cube'} axis ({cov.axis_length} positions)"
+    )
+    table.add_column(f"{row_dim} \\ {col_dim}")
+    for c in cols[:30]:
+        table.add_column(str(c), justify="right")
+    for r, label in enumerate(rows[:60]):
+        cells = []
+        for c in range(min(len(cols), 30)):
+            text = f"{100 * frac[r, c]:.0f}%" + (f" {quar[r, c]}q" if quar[r, c] else "")
+            cells.append(f"[red]{text}[/]" if frac[r, c] < 1 else text)
+        table.add_row(str(label), *cells)
+    console.print(table)
+    t = cov.totals
+    console.print(
+        f"{t['objects']} objects, {t['refs']} refs, {t['source_bytes']:,} source bytes, "
+        f"{t['repo_bytes']:,} repository bytes (overhead {t['overhead_percent']}%), "
+        f"{t['quarantined']} quarantined"
+    )
 
 
 @app.command()
@@ -369,6 +438,32 @@ def nativize(
         done = _run_flow(nativize_coords, False, spec=spec.read_text(encoding="utf-8"), variables=variable or None)
         if not as_json:
             console.print("stored natively: " + (", ".join(done["nativized"]) or "nothing to do"))
+        _finish(done, EXIT_OK)
+
+
+@app.command("export-kerchunk")
+def export_kerchunk(
+    spec: SpecArg,
+    out: Annotated[Path, typer.Argument(help="OUT.json, or OUT.parquet (a directory) for large cubes.")],
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Kerchunk references of main, for readers without Icechunk (fsspec's ReferenceFileSystem)."""
+    with _errors():
+        from lib.export import export_kerchunk as export
+        from lib.repository import open_repository
+
+        loaded = _load(spec)
+        repo = open_repository(loaded)
+        if repo is None:
+            raise IcefloeError(f"no cube at {loaded.repo.url} yet: run `icefloe build {spec}` first")
+        done = export(repo, loaded, out)
+        if not as_json:
+            console.print(
+                f"wrote Kerchunk references of {done['snapshot']} to {out}; open them with\n"
+                f"  xr.open_dataset('reference://', engine='zarr', backend_kwargs={{'consolidated': False, "
+                f"'storage_options': {{'fo': '{out}'}}}})"
+            )
         _finish(done, EXIT_OK)
 
 

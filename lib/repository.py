@@ -8,6 +8,7 @@ re-plans instead of overwriting the winner's work.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ __all__ = [
     "open_repository",
     "publish",
     "reset_branch",
+    "run_history",
     "set_manifest_splitting",
 ]
 
@@ -187,4 +189,50 @@ def history(repo: icechunk.Repository, branch: str, limit: int | None = None) ->
         )
         if limit is not None and len(out) >= limit:
             break
+    return out
+
+
+def run_history(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Main's history told per run: the commits of one build or ingest folded into one story.
+
+    ``entries`` is :func:`history` (newest first). Commits icefloe did not make stand alone.
+    """
+    runs: dict[str, dict[str, Any]] = {}
+    order: list[str] = []
+    for e in entries:
+        meta = e["metadata"].get("icefloe") or {}
+        key = meta.get("run") or e["snapshot"]
+        if key not in runs:
+            order.append(key)
+            runs[key] = {
+                "run": meta.get("run"),
+                "flow_run": meta.get("flow_run"),
+                "operation": meta.get("operation") or "other",
+                "snapshot": e["snapshot"],
+                "finished_at": e["written_at"],
+                "started_at": e["written_at"],
+                "commits": 0,
+                "ingested": 0,
+                "quarantined": 0,
+                "refs": 0,
+                "nativized": [],
+                "message": e["message"],
+            }
+        run = runs[key]
+        run["commits"] += 1
+        run["started_at"] = e["written_at"]
+        stage = meta.get("stage")
+        if stage == "batch":
+            run["ingested"] += int(meta.get("ingested", 0))
+            run["refs"] += int(meta.get("refs", 0))
+        elif stage in ("prepare", "quarantine"):
+            run["quarantined"] += int(meta.get("quarantined", 0))
+        elif stage == "nativize":
+            run["nativized"] = list(meta.get("nativized", []))
+    out = []
+    for key in order:
+        run = runs[key]
+        took = dt.datetime.fromisoformat(run["finished_at"]) - dt.datetime.fromisoformat(run["started_at"])
+        run["seconds"] = round(took.total_seconds(), 3)
+        out.append(run)
     return out

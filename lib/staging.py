@@ -79,23 +79,40 @@ def _metadata(state: CubeState, run: RunInfo, stage: str, **counts: Any) -> dict
 
 
 def manifest_split(plan: Plan) -> dict[str, int]:
-    """Chunks per manifest split along each concat dim, so a manifest holds about half a million refs."""
+    """How manifests are split (dim → chunks per split), so each holds about half a million refs.
+
+    A build commits files in path order, first pattern dim first: splitting along that dim keeps each
+    batch within a few manifests, instead of rewriting every (growing) manifest at every commit. An
+    ingest appends along the concat dims: splitting there at the axis' current length puts appended
+    chunks in manifests of their own.
+    """
     assert plan.schema is not None
-    split: dict[str, int] = {}
-    for dim in plan.schema.concat:
-        per_step = 0
-        for var in plan.schema.by_role("data"):
-            if var.kind != "virtual" or dim not in var.dims:
-                continue
-            cells = 1
-            for n in plan.axes.pattern.values():
-                cells *= max(len(n), 1)
-            grid = 1
-            for d, size, chunk in zip(var.dims, var.shape, var.chunks, strict=True):
-                grid *= 1 if d in plan.schema.concat else -(-size // chunk)
-            per_step += cells * grid
-        if per_step:
-            split[dim] = max(1, REFS_PER_MANIFEST // per_step)
+    schema = plan.schema
+    per_cell_chunk = 0  # refs of one cell and one concat chunk, over the referenced data variables
+    concat_chunks = 1
+    for var in schema.by_role("data"):
+        if var.kind != "virtual":
+            continue
+        grid = 1
+        for d, size, chunk in zip(var.dims, var.shape, var.chunks, strict=True):
+            if d in schema.concat:
+                concat_chunks = max(concat_chunks, -(-int(plan.axes.concat[d].size) // chunk))
+            else:
+                grid *= -(-size // chunk)
+        per_cell_chunk += grid
+    if not per_cell_chunk:
+        return {}
+    dims = list(schema.pattern)
+    cells = 1
+    for d in dims:
+        cells *= max(len(plan.axes.pattern[d]), 1)
+    # along time: at least the axis as built, at least what fills a manifest across all cells
+    split: dict[str, int] = {
+        d: max(concat_chunks, REFS_PER_MANIFEST // (per_cell_chunk * cells)) for d in schema.concat
+    }
+    if dims:
+        rest = cells // max(len(plan.axes.pattern[dims[0]]), 1)
+        split[dims[0]] = max(1, REFS_PER_MANIFEST // (per_cell_chunk * rest * concat_chunks))
     return split
 
 

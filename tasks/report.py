@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from lib.report import RunSummary
+from lib.spec import Spec
 from tasks import ONCE
 
 
@@ -25,3 +28,22 @@ def report_run(summary: RunSummary, cube: str) -> None:
             key=_key(cube, "quarantined"),
             description="objects refused in this run, with the reason",
         )
+
+
+@task(name="report-coverage", **ONCE)
+def report_coverage(spec: Spec) -> dict[str, Any]:
+    """Draw the cube's coverage map into the run's artifacts: which cells and steps are in, what is not."""
+    from lib.coverage import coverage_markdown, coverage_png, measure_coverage
+    from lib.repository import open_repository
+
+    repo = open_repository(spec)
+    if repo is None:
+        return {}
+    cov = measure_coverage(repo, spec)
+    image = coverage_png(cov, f"{spec.name}: share of the axis present")
+    create_markdown_artifact(
+        coverage_markdown(cov, image),
+        key=_key(spec.name, "coverage"),
+        description=f"coverage of {spec.name} after this run",
+    )
+    return cov.totals

@@ -87,8 +87,6 @@ def parse_source(url: str, registry: ObjectStoreRegistry, options: ParseOptions)
     fmt = detect_format(head)
     if fmt is None:
         raise SourceError(f"'{url}' is not a supported format: {describe_head(head)}", url=url)
-    if fmt in ("tiff", "grib"):
-        raise SourceError(f"'{url}' is {fmt.upper()}, which needs a parser plugin that is not installed", url=url)
     errors: list[str] = []
     if fmt == "hdf5" and options.fast:
         from lib.parsing.hdf5 import parse_hdf5

@@ -118,7 +118,17 @@ def _fits_unsupported(url: str, registry: ObjectStoreRegistry) -> dict[str, str]
     return out
 
 
+def _plugin(fmt: str, module: str, name: str) -> Any:
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError as e:
+        raise SourceError(f"{fmt.upper()} files need the parser plugin {module} ({e})") from e
+
+
 def _parser_for(fmt: str, skip: list[str]) -> Any:
+    """VirtualiZarr's parser for a format, or the plugin parser that speaks its protocol."""
     from virtualizarr.parsers import FITSParser, HDFParser, NetCDF3Parser
 
     if fmt == "hdf5":
@@ -127,7 +137,13 @@ def _parser_for(fmt: str, skip: list[str]) -> Any:
         return NetCDF3Parser(skip_variables=skip)
     if fmt == "fits":
         return FITSParser(skip_variables=skip)
-    raise SourceError(f"no reference parser for format {fmt!r}")
+    if fmt == "tiff":
+        return _plugin(fmt, "virtual_tiff", "VirtualTIFF")(ifd_layout="flat")
+    if fmt == "grib":
+        return _plugin(fmt, "gribberish.virtualizarr", "GribberishParser")(
+            drop_variables=skip or None, collapse_groups=True
+        )
+    raise SourceError(f"no parser for format {fmt!r}")
 
 
 def parse_with_virtualizarr(url: str, fmt: str, registry: ObjectStoreRegistry, options: ParseOptions) -> Fragment:
