@@ -8,6 +8,7 @@ integer, each within one segment. Fields become new dimensions of the cube, in p
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -150,6 +151,11 @@ def _safe_key(path: str) -> bool:
     return not path.startswith("/") and ".." not in parts and "." not in parts and "\x00" not in path
 
 
+def _inside(root: str, path: str) -> bool:
+    real = os.path.realpath(os.path.join(root, path))
+    return real == root or real.startswith(root.rstrip("/") + "/")
+
+
 def list_sources(source_url: str, store: Any, pattern: Pattern) -> tuple[list[SourceObject], list[str]]:
     """List the objects under ``source_url`` that match ``pattern``, sorted by field values then URL.
 
@@ -164,6 +170,8 @@ def list_sources(source_url: str, store: Any, pattern: Pattern) -> tuple[list[So
 
     found: list[SourceObject] = []
     unsafe: list[str] = []
+    # a local source: a symlink must not lead outside it
+    root = os.path.realpath(source_url.removeprefix("file://")) if source_url.startswith("file://") else None
     try:
         for batch in obstore.list(store, prefix=pattern.prefix or None, chunk_size=10_000):
             for meta in batch:
@@ -172,7 +180,7 @@ def list_sources(source_url: str, store: Any, pattern: Pattern) -> tuple[list[So
                 if values is None:
                     continue
                 url = source_url + path
-                if not _safe_key(path):
+                if not _safe_key(path) or (root is not None and not _inside(root, path)):
                     unsafe.append(url)
                     continue
                 found.append(

@@ -38,11 +38,17 @@ class Executor:
     name = "serial"
     workers = 1
 
-    def map(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[Any]:
-        return list(self.imap(fn, calls))
+    def map(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]], timeout: float | None = None) -> list[Any]:
+        return list(self.imap(fn, calls, timeout))
 
-    def imap(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> Iterator[Any]:
-        """Results in order, each as soon as it (and those before it) are done."""
+    def imap(
+        self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]], timeout: float | None = None
+    ) -> Iterator[Any]:
+        """Results in order, each as soon as it (and those before it) are done.
+
+        ``timeout`` bounds each call where the executor can stop a call (worker processes); a call
+        that overruns comes back as a crashed ``CallFailed``.
+        """
         for args in calls:
             try:
                 yield fn(*args)
@@ -82,7 +88,10 @@ class PoolExecutor(Executor):
                 self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"))
         return self._pool
 
-    def imap(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> Iterator[Any]:
+    def imap(
+        self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]], timeout: float | None = None
+    ) -> Iterator[Any]:
+        from concurrent.futures import TimeoutError as FutureTimeout
         from concurrent.futures.process import BrokenProcessPool
 
         pool = self._get_pool()
@@ -91,7 +100,11 @@ class PoolExecutor(Executor):
         try:
             for future in futures:
                 try:
-                    yield future.result()
+                    yield future.result(timeout=timeout if self.kind == "processes" and not broken else None)
+                except FutureTimeout:
+                    broken = True
+                    self._kill_workers()  # a hung parser cannot be interrupted: its process goes
+                    yield CallFailed(f"did not finish within {timeout:.0f} s", crashed=True)
                 except BrokenProcessPool as e:
                     broken = True
                     yield CallFailed(f"a worker process died ({e})", crashed=True)
@@ -100,6 +113,11 @@ class PoolExecutor(Executor):
         finally:
             if broken:
                 self.close()
+
+    def _kill_workers(self) -> None:
+        processes = getattr(self._pool, "_processes", None) or {}
+        for process in list(processes.values()):
+            process.kill()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -146,15 +164,19 @@ class LithopsExecutor(Executor):
     def name(self) -> str:  # type: ignore[override]
         return f"lithops/{self.config['lithops']['backend']}"
 
-    def imap(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> Iterator[Any]:
-        yield from self.map(fn, calls)
+    def imap(
+        self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]], timeout: float | None = None
+    ) -> Iterator[Any]:
+        yield from self.map(fn, calls, timeout)
 
-    def map(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[Any]:
+    def map(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]], timeout: float | None = None) -> list[Any]:
         import lithops
 
         if self._fexec is None:
             self._fexec = lithops.FunctionExecutor(config=self.config)
-        futures = self._fexec.map(_call_packed, [((fn, args),) for args in calls])
+        futures = self._fexec.map(
+            _call_packed, [((fn, args),) for args in calls], timeout=int(timeout) if timeout else None
+        )
         results = self._fexec.get_result(futures, throw_except=False)
         out: list[Any] = []
         for future, result in zip(futures, results, strict=True):

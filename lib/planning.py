@@ -246,6 +246,12 @@ def _split(items: list[Any], parts: int) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+# A parse call that runs longer than this (seconds) is stopped and its objects tried one by one; an
+# object that alone overruns is quarantined, so no input can hang a run.
+PARSE_SECONDS_PER_CALL = 60.0
+PARSE_SECONDS_PER_OBJECT = 5.0
+
+
 @dataclass
 class SummarizedBatch:
     """What a parse worker sends back: per object an entry and its references (or the failure), and
@@ -253,6 +259,31 @@ class SummarizedBatch:
 
     results: list[tuple[FileEntry, Fragment] | ParseFailure] = field(default_factory=list)
     schemas: dict[str, CubeSchema] = field(default_factory=dict)
+
+
+def changed_since_listing(obj: SourceObject, source: SourceConfig) -> str | None:
+    """Why an object's bytes are not the ones listed (it changed or vanished while being parsed), or None.
+
+    Its refs will carry the listed checksum, so a change would only fail loudly on read; refusing it
+    now says why, and the next run takes the new version (its etag differs from the refused one).
+    """
+    import obstore
+
+    from lib.parsing import _registry
+
+    store, path = _registry(source).resolve(obj.url)
+    try:
+        now = obstore.head(store, path)
+    except FileNotFoundError:
+        return f"'{obj.url}' disappeared while it was being parsed; the next run will look again"
+    except Exception as e:
+        return f"could not check '{obj.url}' after parsing it: {type(e).__name__}: {e}"
+    if str(now.get("e_tag") or "") != obj.etag:
+        return (
+            f"'{obj.url}' changed while it was being parsed (etag {obj.etag} became {now.get('e_tag')}); "
+            f"the next run takes the new version"
+        )
+    return None
 
 
 def summarize_objects(
@@ -267,6 +298,10 @@ def summarize_objects(
     for obj, result in zip(objects, parse_batch([o.url for o in objects], source, options), strict=True):
         if isinstance(result, ParseFailure):
             out.results.append(result)
+            continue
+        changed = changed_since_listing(obj, source)
+        if changed is not None:
+            out.results.append(ParseFailure(obj.url, changed, transient=changed.startswith("could not")))
             continue
         entry, schema = summarize_fragment(
             result, obj, checksum_for(obj.url, obj.etag, obj.last_modified), pattern, options.concat
@@ -311,7 +346,8 @@ def parse_objects(
 
     crashed: list[tuple[list[SourceObject], CallFailed]] = []
     calls = [(chunk, source, options, pattern) for chunk in chunks]
-    for chunk, result in zip(chunks, executor.imap(summarize_objects, calls), strict=True):
+    timeout = PARSE_SECONDS_PER_CALL + PARSE_SECONDS_PER_OBJECT * max((len(c) for c in chunks), default=1)
+    for chunk, result in zip(chunks, executor.imap(summarize_objects, calls, timeout), strict=True):
         if isinstance(result, CallFailed) and result.crashed:
             crashed.append((chunk, result))
         elif isinstance(result, CallFailed):
@@ -319,7 +355,11 @@ def parse_objects(
         else:
             absorb(result)
     for chunk, failure in crashed:  # one object at a time, so the one that kills a parser is found
-        singles = executor.map(summarize_objects, [([o], source, options, pattern) for o in chunk])
+        singles = executor.map(
+            summarize_objects,
+            [([o], source, options, pattern) for o in chunk],
+            PARSE_SECONDS_PER_CALL + PARSE_SECONDS_PER_OBJECT,
+        )
         if all(isinstance(s, CallFailed) and s.crashed for s in singles):
             # every object kills its worker alone: the workers are broken, not the objects
             raise StorageError(f"parser workers keep dying ({failure.error}); no object was quarantined")

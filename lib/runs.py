@@ -173,7 +173,8 @@ class CubeRun:
         self.plan_ = plan_update(self.state, self.pattern.fields, self.spec.concat, self.parsed, replacing)
         plan = self.plan_
         unsafe = {
-            url: f"'{url}' has a key that could escape the source prefix ('..', '.', or a NUL)"
+            url: f"'{url}' could lead outside the source prefix (a '..' or '.' segment, a NUL, or a symlink "
+            f"out of it): it is never read"
             for url in self.discovery.unsafe
         }
         plan.quarantined.update(unsafe)

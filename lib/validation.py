@@ -376,6 +376,22 @@ def encode_concat_values(entries: list[FileEntry], dim: str, encoding: dict[str,
         sizes = [m.concat[dim].raw.size for m in members]
         decoded = _decode(raw, coord0.attrs, dim)
         problem = None
+        missing = _missing(np.asarray(decoded.values))
+        if missing.any():
+            start = 0
+            for member, n in zip(members, sizes, strict=True):
+                if missing[start : start + n].any():
+                    failures[member.url] = (
+                        f"coordinate '{dim}' in '{member.url}' has missing values (NaN/NaT, or "
+                        f"its fill value): a file cannot be placed without its coordinates"
+                    )
+                start += n
+            members = [m for m in members if m.url not in failures]
+            if not members:
+                continue
+            raw = np.concatenate([m.concat[dim].raw for m in members])
+            sizes = [m.concat[dim].raw.size for m in members]
+            decoded = _decode(raw, coord0.attrs, dim)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error")
@@ -402,6 +418,16 @@ def encode_concat_values(entries: list[FileEntry], dim: str, encoding: dict[str,
                 member.encoded[dim] = values[start : start + n]
             start += n
     return failures
+
+
+def _missing(values: np.ndarray) -> np.ndarray:
+    if values.dtype.kind in "fc":
+        return np.isnan(values)
+    if values.dtype.kind in "mM":
+        return np.isnat(values)
+    if values.dtype.kind == "O":
+        return np.array([v is None for v in values.ravel()], dtype=bool)
+    return np.zeros(values.shape, dtype=bool)
 
 
 def _describe_encoding(encoding: dict[str, Any]) -> str:

@@ -95,6 +95,8 @@ def parse_source(url: str, registry: ObjectStoreRegistry, options: ParseOptions)
             fragment = parse_hdf5(url, registry, options)
             name_phony_dims(fragment)
             return fragment
+        except SourceError:
+            raise  # a refusal, not a failure: the reference parser would only do worse
         except Exception as e:
             if is_transient(e):
                 raise StorageError(f"reading '{url}' failed: {type(e).__name__}: {e}") from e

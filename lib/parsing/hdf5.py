@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lib.errors import SourceError
 from lib.parsing.fragment import ArrayFragment, Fragment, json_safe_attributes
 from lib.parsing.policy import ParseOptions
 from lib.parsing.readers import open_source
@@ -28,7 +29,12 @@ from lib.parsing.readers import open_source
 if TYPE_CHECKING:
     from obspec_utils.registry import ObjectStoreRegistry
 
-__all__ = ["parse_hdf5", "unsupported_reason"]
+__all__ = ["MAX_CHUNKS_PER_ARRAY", "parse_hdf5", "unsupported_reason"]
+
+# A file declaring more chunks than this for one variable is refused before anything is allocated.
+MAX_CHUNKS_PER_ARRAY = 10_000_000
+# ... and a variable that must be loaded (a concat coordinate, a compact dataset) larger than this.
+MAX_NATIVE_BYTES = 256 * 1024 * 1024
 
 
 def unsupported_reason(dataset: Any) -> str | None:
@@ -191,6 +197,14 @@ def _refs(url: str, dataset: Any, chunks: tuple[int, ...]) -> tuple[np.ndarray, 
     """Byte offsets and lengths of every stored chunk, shaped like the chunk grid (0 = never written)."""
     shape = dataset.shape
     grid = tuple(math.ceil(s / c) for s, c in zip(shape, chunks, strict=True)) if shape else ()
+    if math.prod(grid) > MAX_CHUNKS_PER_ARRAY:
+        raise SourceError(
+            f"variable '{dataset.name.lstrip('/')}' in '{url}' declares {math.prod(grid):,} chunks "
+            f"(shape {shape}, chunks {chunks}); icefloe references at most {MAX_CHUNKS_PER_ARRAY:,} "
+            f"per variable and file",
+            url=url,
+            variable=dataset.name.lstrip("/"),
+        )
     offsets = np.zeros(grid, dtype=np.uint64)
     lengths = np.zeros(grid, dtype=np.uint64)
     dsid = dataset.id
@@ -273,6 +287,13 @@ def _array_fragment(
     nbytes = int(np.prod(dataset.shape, dtype=np.int64)) * max(dataset.dtype.itemsize, 8)
     dims = tuple(metadata["dimension_names"])
     if options.is_native(path, dims, storage, nbytes):
+        if nbytes > MAX_NATIVE_BYTES:
+            raise SourceError(
+                f"variable '{path}' in '{url}' would be loaded natively but holds {nbytes:,} bytes "
+                f"(shape {dataset.shape}); icefloe loads at most {MAX_NATIVE_BYTES:,}",
+                url=url,
+                variable=path,
+            )
         item.values = _read_values(dataset)
     elif storage != "unallocated" or dataset.chunks is not None:
         item.offsets, item.lengths = _refs(url, dataset, chunks)
@@ -300,6 +321,11 @@ def parse_hdf5(url: str, registry: ObjectStoreRegistry, options: ParseOptions) -
             group_name = str(group.name)
             members: dict[str, Any] = {}
             for key in group:
+                link = group.get(key, getlink=True)
+                if isinstance(link, h5py.ExternalLink):
+                    # its bytes live in another file: refs into this object cannot hold them
+                    fragment.skipped.append((f"{prefix}{key}", f"an external link to {link.filename}:{link.path}"))
+                    continue
                 try:
                     members[key] = group[key]
                 except (KeyError, OSError) as e:
@@ -322,6 +348,8 @@ def parse_hdf5(url: str, registry: ObjectStoreRegistry, options: ParseOptions) -
                     continue
                 try:
                     fragment.arrays[path] = _array_fragment(url, item, group_name, path, options, notes)
+                except SourceError:
+                    raise
                 except (ValueError, KeyError, RuntimeError) as e:
                     # a filter with no Zarr codec (szip, scaleoffset, ...) or metadata Zarr cannot hold
                     fragment.skipped.append((path, f"cannot be represented in Zarr: {e}"))
