@@ -30,7 +30,8 @@ SCRIPT = textwrap.dedent("""
     from lib.planning import Plan
     from lib.repository import open_repository
     from lib.state import open_cube
-    from lib.staging import RunInfo, commit_prepare, commit_batch
+    from lib.staging import RunInfo, commit_prepare, commit_batch, manifest_split
+    from lib.repository import set_manifest_splitting
 
     work, n_files, batch_files = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     template = write_step(work / "src" / "polygon_000" / "month_01" / "step_0000.nc", 0, 1, 0, DemoShape())
@@ -84,6 +85,7 @@ SCRIPT = textwrap.dedent("""
     start = time.perf_counter()
     repo = open_repository(spec, create=True)
     state = open_cube(repo, spec, "build")
+    repo = set_manifest_splitting(repo, manifest_split(plan, batch_files))
     info = RunInfo("p4", "build")
     commit_prepare(repo, spec, state, plan, Spool(), info, {})
     refs = 0

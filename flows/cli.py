@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lib.errors import IcefloeError, PublishBlocked, SpecError
+from lib.errors import IcefloeError, PublishBlocked, SpecError, store_failure
 from lib.report import EXIT_BAD_SPEC, EXIT_DRIFT, EXIT_FAILED, EXIT_OK, EXIT_QUARANTINED
 
 console = Console(stderr=True, highlight=False)
@@ -63,7 +63,9 @@ def _quiet_prefect(debug: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     if not debug:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
+        # the run's logs go to the Prefect API (and UI) in full; the terminal shows progress bars and
+        # one-line errors instead of Prefect's console log
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
 
 def _load(spec: Path) -> Any:
@@ -100,6 +102,8 @@ def _errors() -> Iterator[None]:
     except Exception as e:
         if _debug:
             traceback.print_exc()
+        if (failure := store_failure(e)) is not None:
+            raise Exit(EXIT_FAILED, {"error": str(failure)}) from None
         raise Exit(
             EXIT_FAILED,
             {

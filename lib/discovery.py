@@ -130,7 +130,7 @@ def compile_pattern(text: str) -> Pattern:
     return Pattern(text=text, fields=fields, prefix=prefix, parser=parser)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourceObject:
     """One object of the archive that matches the pattern."""
 

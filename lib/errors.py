@@ -16,6 +16,8 @@ Messages name the object, the variable and both sides of a mismatch, e.g.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 
@@ -67,3 +69,44 @@ class PublishBlocked(IcefloeError):
     def __init__(self, message: str, summary: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.summary = summary or {}
+
+
+_NOT_TRANSIENT = ("NotFoundError", "PermissionDeniedError", "UnauthenticatedError", "InvalidPathError")
+
+
+def store_failure(error: BaseException) -> IcefloeError | None:
+    """The icefloe error for a failure of the object store itself, or None if it is something else.
+
+    Icechunk's and obstore's errors carry a long multi-line context; the message keeps its first line.
+    Outages and throttling become a (retried) :class:`StorageError`; a missing bucket or refused
+    credentials become a plain :class:`IcefloeError`, since retrying cannot fix them.
+    """
+    if isinstance(error, IcefloeError):
+        return None
+    kind = type(error)
+    module = kind.__module__ or ""
+    if not (module.startswith(("icechunk", "obstore")) or isinstance(error, (ConnectionError, TimeoutError))):
+        return None
+    if module.startswith("icechunk") and kind.__name__ != "StorageError":
+        return None  # conflicts and bad usage are not the store's fault
+    line = next((ln.strip() for ln in str(error).splitlines() if ln.strip()), kind.__name__)
+    text = str(error).lower()
+    if kind.__name__ in _NOT_TRANSIENT or "nosuchbucket" in text or "accessdenied" in text or "forbidden" in text:
+        return IcefloeError(f"the object store refused the request: {line} (check the bucket and the credentials)")
+    return StorageError(f"the object store failed: {line}")
+
+
+def storage_step[**P, R](step: Callable[P, R]) -> Callable[P, R]:
+    """Decorate a pipeline step so store failures surface as icefloe errors with one-line messages."""
+
+    @functools.wraps(step)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return step(*args, **kwargs)
+        except Exception as e:
+            mapped = store_failure(e)
+            if mapped is None:
+                raise
+            raise mapped from e
+
+    return wrapper

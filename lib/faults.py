@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 
-__all__ = ["KILL_ENV", "POINTS", "checkpoint"]
+__all__ = ["HANG_ENV", "KILL_ENV", "POINTS", "checkpoint", "hang_if_asked"]
 
 KILL_ENV = "ICEFLOE_KILL_AT"
 POINTS = (
@@ -30,3 +30,15 @@ def checkpoint(point: str) -> None:
         sys.stderr.write(f"icefloe: {KILL_ENV}={point}: killing this process\n")
         sys.stderr.flush()
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+HANG_ENV = "ICEFLOE_TEST_HANG_ON"
+
+
+def hang_if_asked(url: str) -> None:
+    """Test-only: a parser worker stuck on one object (``ICEFLOE_TEST_HANG_ON`` names its path) never returns."""
+    target = os.environ.get(HANG_ENV)
+    if target and url.endswith(target):
+        import time
+
+        time.sleep(24 * 3600)

@@ -41,7 +41,7 @@ class Axes:
         return tuple(self.pattern[d].index(values[d]) for d in self.pattern)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Placement:
     """Where one file's block sits: its cell (index per pattern dim) and its range per concat dim."""
 
@@ -59,7 +59,7 @@ class Placement:
         return {"cell": list(self.cell), "ranges": {d: [a, b] for d, a, b in self.ranges}}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Occupied:
     """A block already in the cube (from the ledger): who holds which ranges of which cell."""
 

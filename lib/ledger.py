@@ -26,7 +26,7 @@ LEDGER_CHUNK = 8192
 INGESTED, QUARANTINED, REMOVED = "ingested", "quarantined", "removed"
 
 
-@dataclass
+@dataclass(slots=True)
 class LedgerRow:
     """One event in an object's life in the cube."""
 

@@ -8,6 +8,7 @@ file's place. Nothing is written here; ``icefloe plan`` stops after this step.
 
 from __future__ import annotations
 
+import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -311,6 +312,19 @@ def summarize_objects(
     return out
 
 
+def _compact(entry: FileEntry, shared: dict[str, Any]) -> None:
+    """Share what files have in common (digests, keys, decoding attributes) instead of a copy per file:
+    the run keeps an entry per file, so its size is the run's memory per file."""
+    entry.schema_key = sys.intern(entry.schema_key)
+    entry.layout_key = sys.intern(entry.layout_key)
+    entry.format, entry.parser = sys.intern(entry.format), sys.intern(entry.parser)
+    entry.shared = {sys.intern(k): sys.intern(v) for k, v in entry.shared.items()}
+    entry.cell = {sys.intern(k): sys.intern(v) for k, v in entry.cell.items()}
+    for coord in entry.concat.values():
+        key = repr(sorted(coord.attrs.items()))
+        coord.attrs = shared.setdefault(key, coord.attrs)
+
+
 def parse_objects(
     objects: list[SourceObject],
     batch: int,
@@ -331,6 +345,7 @@ def parse_objects(
     chunks = _split(objects, max(1, executor.workers) * 2)
     out = ParsedBatch(batch=batch)
     spooled: list[Fragment] = []
+    shared: dict[str, Any] = {}
 
     def absorb(summary: SummarizedBatch) -> None:
         for key, schema in summary.schemas.items():
@@ -340,11 +355,13 @@ def parse_objects(
                 (out.transient if result.transient else out.failed)[result.url] = result.reason
                 continue
             entry, refs = result
+            _compact(entry, shared)
             entry.spool = (batch, len(spooled))
             out.entries.append(entry)
             spooled.append(refs)
 
     crashed: list[tuple[list[SourceObject], CallFailed]] = []
+    worked = False  # did any call come back? then the workers are sound and a crash is an object's doing
     calls = [(chunk, source, options, pattern) for chunk in chunks]
     timeout = PARSE_SECONDS_PER_CALL + PARSE_SECONDS_PER_OBJECT * max((len(c) for c in chunks), default=1)
     for chunk, result in zip(chunks, executor.imap(summarize_objects, calls, timeout), strict=True):
@@ -353,21 +370,27 @@ def parse_objects(
         elif isinstance(result, CallFailed):
             absorb(SummarizedBatch([ParseFailure(o.url, result.error, transient=True) for o in chunk]))
         else:
+            worked = True
             absorb(result)
-    for chunk, failure in crashed:  # one object at a time, so the one that kills a parser is found
-        singles = executor.map(
-            summarize_objects,
-            [([o], source, options, pattern) for o in chunk],
-            PARSE_SECONDS_PER_CALL + PARSE_SECONDS_PER_OBJECT,
-        )
-        if all(isinstance(s, CallFailed) and s.crashed for s in singles):
-            # every object kills its worker alone: the workers are broken, not the objects
-            raise StorageError(f"parser workers keep dying ({failure.error}); no object was quarantined")
-        for obj, single in zip(chunk, singles, strict=True):
-            if isinstance(single, CallFailed):
-                reason = f"'{obj.url}' crashed the parser process ({single.error})" if single.crashed else single.error
-                absorb(SummarizedBatch([ParseFailure(obj.url, reason, transient=not single.crashed)]))
+    suspects: list[tuple[SourceObject, CallFailed]] = []
+    for chunk, _ in crashed:  # one object at a time, so the one that kills a parser is found
+        for obj in chunk:  # one call at a time: a call that must be stopped takes no other object with it
+            single = executor.map(
+                summarize_objects,
+                [([obj], source, options, pattern)],
+                PARSE_SECONDS_PER_CALL + PARSE_SECONDS_PER_OBJECT,
+            )[0]
+            if isinstance(single, CallFailed) and single.crashed:
+                suspects.append((obj, single))
+            elif isinstance(single, CallFailed):
+                absorb(SummarizedBatch([ParseFailure(obj.url, single.error, transient=True)]))
             else:
+                worked = True
                 absorb(single)
+    if suspects and not worked:
+        # every call died, alone or not: the workers are broken, not the objects
+        raise StorageError(f"parser workers keep dying ({suspects[0][1].error}); no object was quarantined")
+    for obj, failure in suspects:
+        absorb(SummarizedBatch([ParseFailure(obj.url, f"'{obj.url}' crashed the parser process ({failure.error})")]))
     spool.write(batch, spooled)
     return out

@@ -35,8 +35,15 @@ __all__ = [
 
 os.environ.setdefault("ICECHUNK_LOG", "error")  # a local repository warns about concurrent commits otherwise
 
-# Manifests are split along concat dims so an append rewrites only the newest split.
-REFS_PER_MANIFEST = 500_000
+
+# Icechunk's in-memory caches, bounded: a long build must not keep every manifest it wrote.
+CACHE = {
+    "num_snapshot_nodes": 100_000,
+    "num_chunk_refs": 1_000_000,
+    "num_transaction_changes": 100_000,
+    "num_bytes_attributes": 16 * 1024 * 1024,
+    "num_bytes_chunks": 64 * 1024 * 1024,
+}
 
 
 def _config(spec: Spec, existing: icechunk.RepositoryConfig | None = None) -> icechunk.RepositoryConfig:
@@ -45,6 +52,10 @@ def _config(spec: Spec, existing: icechunk.RepositoryConfig | None = None) -> ic
     config = existing or icechunk.RepositoryConfig.default()
     for container in virtual_containers(spec):
         config.set_virtual_chunk_container(container)
+    config.caching = icechunk.CachingConfig(**CACHE)
+    # a few quick retries per request; longer outages are ridden out by the pipeline's step retries
+    retries = icechunk.StorageRetriesSettings(max_tries=5, initial_backoff_ms=200, max_backoff_ms=4000)
+    config.storage = icechunk.StorageSettings(retries=retries)
     return config
 
 
@@ -72,24 +83,27 @@ def open_repository(spec: Spec, *, create: bool = False) -> icechunk.Repository 
             )
         stored = icechunk.Repository.fetch_config(storage)
         prefixes = set((stored.virtual_chunk_containers or {}) if stored else {})
-        wanted = {c.url_prefix for c in virtual_containers(spec)}
-        config = _config(spec, stored) if not wanted <= prefixes else None
+        new_container = not {c.url_prefix for c in virtual_containers(spec)} <= prefixes
+        config = _config(spec, stored)  # the stored settings (manifest splitting...) plus bounded caches
         repo = icechunk.Repository.open(
             storage, config=config, authorize_virtual_chunk_access=container_credentials(spec)
         )
-        if config is not None and create:
+        if new_container and create:
             repo.save_config()
         return repo
     except icechunk.IcechunkError as e:
         raise StorageError(f"cannot open the repository {spec.repo.url}: {e}") from e
 
 
-def set_manifest_splitting(repo: icechunk.Repository, split: dict[str, int]) -> None:
-    """Split manifests along the given dims (dim → chunks per split) for every later commit."""
+def set_manifest_splitting(repo: icechunk.Repository, split: dict[str, int]) -> icechunk.Repository:
+    """Split manifests along the given dims (dim → chunks per split) for every later commit.
+
+    Returns the repository handle to use from now on (the setting is saved in the repository too).
+    """
     import icechunk as ic
 
     if not split:
-        return
+        return repo
     conditions = {ic.ManifestSplitDimCondition.DimensionName(dim): size for dim, size in split.items()}
     config = repo.config
     config.manifest = ic.ManifestConfig(
@@ -97,6 +111,7 @@ def set_manifest_splitting(repo: icechunk.Repository, split: dict[str, int]) -> 
     )
     repo = repo.reopen(config=config)
     repo.save_config()
+    return repo
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from lib.discovery import Discovery, SourceObject, classify_objects, compile_pattern, list_sources
-from lib.errors import PublishBlocked, StorageError
+from lib.errors import PublishBlocked, StorageError, storage_step
 from lib.executors import Executor, make_executor
 from lib.faults import checkpoint
 from lib.ledger import QUARANTINED
@@ -23,7 +23,7 @@ from lib.parsing import ParseOptions, SourceConfig
 from lib.planning import ParsedBatch, Plan, cube_sizes, parse_objects, plan_update
 from lib.quality import CUBE, FILE, Finding
 from lib.report import RunSummary
-from lib.repository import open_repository, publish, reset_branch
+from lib.repository import open_repository, publish, reset_branch, set_manifest_splitting
 from lib.spool import Spool
 from lib.staging import (
     RunInfo,
@@ -31,6 +31,7 @@ from lib.staging import (
     commit_batch,
     commit_prepare,
     commit_quarantine,
+    manifest_split,
     nativize_staging,
 )
 from lib.state import CubeState, open_cube
@@ -102,6 +103,7 @@ class CubeRun:
 
     # -- steps ----------------------------------------------------------------------------------
 
+    @storage_step
     def open(self) -> dict[str, Any]:
         """Open (or, when writing, create) the repository and decide between resuming and starting clean."""
         from lib.state import CubeState
@@ -122,6 +124,7 @@ class CubeRun:
             self.options = dataclasses.replace(self.options, extra_native=tuple(self.state.schema.nativized))
         return {"main": self.state.main, "resumed": self.state.resumed, "fresh": self.state.fresh}
 
+    @storage_step
     def discover(self) -> dict[str, int]:
         """List the source and sort its objects against the ledger; split the pending ones into batches."""
         assert self.state is not None
@@ -146,6 +149,7 @@ class CubeRun:
         s.changed = [o.url for o in self.discovery.changed]
         return {"discovered": s.discovered, "pending": len(pending), "batches": len(self.batches)}
 
+    @storage_step
     def parse(self, batch: int) -> dict[str, int]:
         """Parse one batch over the executor into the spool.
 
@@ -165,6 +169,7 @@ class CubeRun:
         self.parsed[batch] = result
         return {"parsed": len(result.entries), "failed": len(result.failed)}
 
+    @storage_step
     def plan(self) -> dict[str, Any]:
         """Validate every parsed object and lay out the cube; nothing is written."""
         assert self.state is not None
@@ -191,6 +196,7 @@ class CubeRun:
             s.notes += [f"{url}: {n}" for n in entry.notes]
         return {"accepted": plan.accepted, "quarantined": len(plan.quarantined), "dims": s.dims}
 
+    @storage_step
     def prepare(self) -> str | None:
         """Create or grow the arrays and record this run's quarantines, in one staging commit."""
         assert self.repo is not None and self.state is not None and self.plan_ is not None
@@ -198,9 +204,12 @@ class CubeRun:
         if plan.schema is None or (not plan.accepted and not plan.quarantined):
             return None
         etags = {o.url: o.etag for o in self.discovery.pending}
+        if plan.fresh:  # sessions opened from now on write manifests split to match the batches
+            self.repo = set_manifest_splitting(self.repo, manifest_split(plan, self.spec.execution.batch_size))
         self.staged = commit_prepare(self.repo, self.spec, self.state, plan, self.spool, self.info, etags)
         return self.staged
 
+    @storage_step
     def commit(self, batch: int) -> int:
         """Place one batch's references in one staging commit; returns the refs written."""
         assert self.repo is not None and self.state is not None and self.plan_ is not None
@@ -219,6 +228,7 @@ class CubeRun:
         self.summary.refs += refs
         return refs
 
+    @storage_step
     def nativize(self) -> list[str]:
         """With ``variables.nativize``, rewrite small referenced coordinates natively, in one staging commit."""
         assert self.repo is not None and self.state is not None
@@ -230,6 +240,7 @@ class CubeRun:
             self.summary.notes.append(f"stored natively: {', '.join(done)}")
         return done
 
+    @storage_step
     def check(self) -> list[dict[str, Any]]:
         """Run the checks on staging's tip; file findings are taken out, cube findings block."""
         assert self.repo is not None and self.state is not None
@@ -245,6 +256,7 @@ class CubeRun:
         self.staged = snapshot
         return [f.to_json() for f in self.findings]
 
+    @storage_step
     def publish(self) -> str:
         """Fast-forward main to the checked snapshot (compare-and-swap); returns main's tip.
 

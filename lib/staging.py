@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import xarray as xr
 
 from lib.assembly import BatchItem, clear_blocks, place_batch, prepare_arrays
@@ -30,7 +31,7 @@ from lib.ledger import (
 )
 from lib.planning import Plan, ledger_row
 from lib.quality import Finding, SpotSample, choose_samples, spot_check, structural_findings
-from lib.repository import commit_session, set_manifest_splitting
+from lib.repository import commit_session
 from lib.spool import Spool
 from lib.state import CubeState, read_axes
 
@@ -50,8 +51,6 @@ __all__ = [
     "quarantine_rows",
     "rows_since",
 ]
-
-REFS_PER_MANIFEST = 500_000
 
 
 @dataclass(frozen=True)
@@ -78,41 +77,31 @@ def _metadata(state: CubeState, run: RunInfo, stage: str, **counts: Any) -> dict
     return {"icefloe": meta}
 
 
-def manifest_split(plan: Plan) -> dict[str, int]:
-    """How manifests are split (dim → chunks per split), so each holds about half a million refs.
+def manifest_split(plan: Plan, batch_files: int) -> dict[str, int]:
+    """How manifests are split: dim → chunks per split.
 
-    A build commits files in path order, first pattern dim first: splitting along that dim keeps each
-    batch within a few manifests, instead of rewriting every (growing) manifest at every commit. An
-    ingest appends along the concat dims: splitting there at the axis' current length puts appended
-    chunks in manifests of their own.
+    A build commits files in path order (pattern dims, outermost first) ``batch_files`` at a time.
+    Splitting the pattern dims so that one split holds about one batch of files means each commit
+    writes manifests of its own, instead of rewriting every (growing) manifest at every commit. The
+    concat dims are split at the axis' length as built, so an ingest that appends along them writes
+    new manifests and leaves the built ones alone.
     """
     assert plan.schema is not None
     schema = plan.schema
-    per_cell_chunk = 0  # refs of one cell and one concat chunk, over the referenced data variables
     concat_chunks = 1
     for var in schema.by_role("data"):
-        if var.kind != "virtual":
-            continue
-        grid = 1
-        for d, size, chunk in zip(var.dims, var.shape, var.chunks, strict=True):
-            if d in schema.concat:
-                concat_chunks = max(concat_chunks, -(-int(plan.axes.concat[d].size) // chunk))
-            else:
-                grid *= -(-size // chunk)
-        per_cell_chunk += grid
-    if not per_cell_chunk:
-        return {}
-    dims = list(schema.pattern)
-    cells = 1
-    for d in dims:
-        cells *= max(len(plan.axes.pattern[d]), 1)
-    # along time: at least the axis as built, at least what fills a manifest across all cells
-    split: dict[str, int] = {
-        d: max(concat_chunks, REFS_PER_MANIFEST // (per_cell_chunk * cells)) for d in schema.concat
-    }
-    if dims:
-        rest = cells // max(len(plan.axes.pattern[dims[0]]), 1)
-        split[dims[0]] = max(1, REFS_PER_MANIFEST // (per_cell_chunk * rest * concat_chunks))
+        if var.kind == "virtual":
+            for d, chunk in zip(var.dims, var.chunks, strict=True):
+                if d in schema.concat:
+                    concat_chunks = max(concat_chunks, -(-int(plan.axes.concat[d].size) // chunk))
+    split: dict[str, int] = {d: concat_chunks for d in schema.concat}
+    cells = int(np.prod([max(len(plan.axes.pattern[d]), 1) for d in schema.pattern]))
+    files_per_cell = max(1, -(-plan.accepted // max(cells, 1)))
+    room = max(1, batch_files // files_per_cell)  # cells one batch covers
+    for d in reversed(list(schema.pattern)):  # innermost pattern dims whole, while a batch holds them
+        size = max(len(plan.axes.pattern[d]), 1)
+        split[d] = max(1, min(size, room))
+        room = max(1, room // size)
     return split
 
 
@@ -134,8 +123,6 @@ def commit_prepare(
 ) -> str:
     """Create (or grow) the cube's arrays and record this run's quarantined files; returns the snapshot."""
     assert plan.schema is not None
-    if plan.fresh:
-        set_manifest_splitting(repo, manifest_split(plan))
     session = repo.writable_session(spec.repo.staging)
     shared = None
     if plan.fresh and plan.shared_source:

@@ -167,7 +167,7 @@ class CubeSchema:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class ConcatCoordinate:
     """A file's raw values of one concat coordinate, with the attributes that decode them."""
 
@@ -175,7 +175,7 @@ class ConcatCoordinate:
     attrs: dict[str, Any]
 
 
-@dataclass
+@dataclass(slots=True)
 class FileEntry:
     """All a run keeps in memory about one parsed file; the refs themselves wait in the spool."""
 
@@ -193,8 +193,8 @@ class FileEntry:
     cell: dict[str, str]
     ref_count: int
     spool: tuple[int, int] = (0, 0)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    skipped: tuple[tuple[str, str], ...] = ()
+    notes: tuple[str, ...] = ()
     encoded: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
@@ -270,8 +270,8 @@ def summarize_fragment(
         shared={p: d for p, d in schema.shared.items()},
         cell={p: _variable_digest(fragment.arrays[p]) for p, v in schema.variables.items() if v.role == CELL},
         ref_count=fragment.ref_count,
-        skipped=list(fragment.skipped),
-        notes=list(fragment.notes),
+        skipped=tuple(fragment.skipped),
+        notes=tuple(fragment.notes),
     )
     return entry, schema
 

@@ -7,11 +7,12 @@ Tasks pass small values (counts, snapshot ids, summaries). A run's working state
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prefect.cache_policies import NO_CACHE
 
-from lib.errors import StorageError
+from lib.errors import SpecError, StorageError
 
 __all__ = ["ONCE", "RETRYING", "transient_only"]
 
@@ -27,10 +28,19 @@ def transient_only(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
+def retry_delays() -> list[float]:
+    """Seconds between a step's retries: ``ICEFLOE_RETRY_DELAYS`` (comma-separated), default 1,5,20."""
+    raw = os.environ.get("ICEFLOE_RETRY_DELAYS", "1,5,20")
+    try:
+        return [float(x) for x in raw.split(",") if x.strip()]
+    except ValueError:
+        raise SpecError(f"ICEFLOE_RETRY_DELAYS must be comma-separated seconds, got {raw!r}") from None
+
+
 # Steps that only read or that write idempotently to staging may be retried on transient errors.
 RETRYING: dict[str, Any] = {
-    "retries": 3,
-    "retry_delay_seconds": [1, 5, 20],
+    "retries": len(retry_delays()),
+    "retry_delay_seconds": retry_delays(),
     "retry_condition_fn": transient_only,
     "cache_policy": NO_CACHE,
 }

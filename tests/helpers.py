@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -155,4 +156,4 @@ def locations(spec: Spec) -> set[str]:
 
 
 def file_url(path: Path) -> str:
-    return f"file://{path.resolve()}"
+    return f"file://{os.path.abspath(path)}"

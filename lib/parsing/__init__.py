@@ -56,7 +56,8 @@ def is_transient(error: BaseException) -> bool:
             return True
         module = type(current).__module__ or ""
         if module.startswith("obstore") and not isinstance(current, FileNotFoundError):
-            return True
+            # a range past the end of the object is about its bytes, not the store: never transient
+            return "range" not in str(current).lower()
         current = current.__cause__ or current.__context__
     return False
 
@@ -132,9 +133,12 @@ def parse_batch(
     registry, and returns one result per URL in order. Transient failures are retried with backoff
     here; those that persist come back as transient ``ParseFailure`` so the caller can retry later.
     """
+    from lib.faults import hang_if_asked
+
     registry = _registry(source)
     results: list[Fragment | ParseFailure] = []
     for url in urls:
+        hang_if_asked(url)
         for attempt in range(retries + 1):
             try:
                 results.append(parse_source(url, registry, options))

@@ -14,6 +14,7 @@ Zarr codec. Compact datasets and variable-length strings are read and stored nat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from functools import lru_cache
@@ -130,7 +131,8 @@ def _attributes(obj: Any) -> dict[str, Any]:
             continue
         v = manager[name]
         if isinstance(v, bytes):
-            v = v.decode("utf-8") or " "
+            with contextlib.suppress(UnicodeDecodeError):  # else kept as bytes: stored as base64, with a note
+                v = v.decode("utf-8") or " "
         elif isinstance(v, (np.ndarray, np.number, np.bool_)):
             if v.dtype.kind == "S":
                 v = np.strings.decode(np.asarray(v), "utf-8").tolist()
@@ -251,6 +253,7 @@ def _layout(dataset: Any) -> str:
 def _array_fragment(
     url: str, dataset: Any, group: str, path: str, options: ParseOptions, notes: list[str]
 ) -> ArrayFragment:
+    import h5py
     from virtualizarr.codecs import zarr_codec_config_to_v3
     from virtualizarr.parsers.hdf.filters import codecs_from_dataset
     from virtualizarr.parsers.hdf.hdf import _chunk_shape, _get_fill_value, _vlen_string_chunk_shape
@@ -260,6 +263,11 @@ def _array_fragment(
     vlen_string = storage == "inlined"
     dtype = np.dtypes.StringDType() if vlen_string else dataset.dtype
     attrs = _attributes(dataset)
+    mapping = h5py.check_enum_dtype(dataset.dtype)
+    if mapping:  # an enum: its integer codes are the values; the names go where CF puts them
+        ordered = sorted(mapping.items(), key=lambda item: item[1])
+        attrs.setdefault("flag_values", [int(code) for _, code in ordered])
+        attrs.setdefault("flag_meanings", " ".join(name for name, _ in ordered))
     if "_FillValue" in attrs and dtype.kind not in ("S", "U", "O", "T"):
         attrs["_FillValue"] = encode_cf_fill_value(attrs["_FillValue"], dtype)
     if vlen_string:
