@@ -63,8 +63,7 @@ def _quiet_prefect(debug: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     if not debug:
-        # the run's logs go to the Prefect API (and UI) in full; the terminal shows progress bars and
-        # one-line errors instead of Prefect's console log
+        # full logs go to the Prefect API (and UI); the terminal shows progress bars and one-line errors
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
 
@@ -300,19 +299,9 @@ def log(
         runs = run_history(entries)
         if not as_json:
             table = Table(title=f"{loaded.name}: history of {loaded.repo.branch}")
-            for column in (
-                "finished",
-                "operation",
-                "ingested",
-                "quarantined",
-                "refs",
-                "seconds",
-                "snapshot",
-                "flow run",
-            ):
-                table.add_column(
-                    column, justify="right" if column in ("ingested", "quarantined", "refs", "seconds") else "left"
-                )
+            numbers = ("ingested", "quarantined", "refs", "seconds")
+            for column in ("finished", "operation", *numbers, "snapshot", "flow run"):
+                table.add_column(column, justify="right" if column in numbers else "left")
             for r in runs:
                 table.add_row(
                     r["finished_at"][:19].replace("T", " "),

@@ -17,7 +17,7 @@ from typing import Any
 
 import parse
 
-from lib.errors import SpecError, StorageError
+from lib.errors import SpecError, StorageError, store_failure
 
 __all__ = ["Discovery", "Pattern", "SourceObject", "classify_objects", "compile_pattern", "list_sources"]
 
@@ -195,7 +195,8 @@ def list_sources(source_url: str, store: Any, pattern: Pattern) -> tuple[list[So
     except FileNotFoundError as e:
         raise StorageError(f"cannot list {source_url}: it does not exist ({e})") from e
     except Exception as e:  # obstore raises its own error types for network and permission failures
-        raise StorageError(f"cannot list {source_url}: {type(e).__name__}: {e}") from e
+        failure = store_failure(e) or StorageError(f"{type(e).__name__}: {e}")
+        raise type(failure)(f"cannot list {source_url}: {failure}") from e
     found.sort(key=lambda o: (tuple(v for _, v in o.fields), o.url))
     return found, unsafe
 

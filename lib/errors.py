@@ -71,6 +71,11 @@ class PublishBlocked(IcefloeError):
         self.summary = summary or {}
 
 
+def first_line(error: BaseException) -> str:
+    """An error's message without the multi-line context Icechunk and obstore append."""
+    return next((ln.strip() for ln in str(error).splitlines() if ln.strip()), type(error).__name__)
+
+
 _NOT_TRANSIENT = ("NotFoundError", "PermissionDeniedError", "UnauthenticatedError", "InvalidPathError")
 
 
@@ -89,7 +94,7 @@ def store_failure(error: BaseException) -> IcefloeError | None:
         return None
     if module.startswith("icechunk") and kind.__name__ != "StorageError":
         return None  # conflicts and bad usage are not the store's fault
-    line = next((ln.strip() for ln in str(error).splitlines() if ln.strip()), kind.__name__)
+    line = first_line(error)
     text = str(error).lower()
     if kind.__name__ in _NOT_TRANSIENT or "nosuchbucket" in text or "accessdenied" in text or "forbidden" in text:
         return IcefloeError(f"the object store refused the request: {line} (check the bucket and the credentials)")

@@ -163,7 +163,7 @@ class CubeRun:
         )
         if result.transient:
             reason = next(iter(result.transient.values()))
-            raise StorageError(f"{len(result.transient)} object(s) could not be read, e.g. {reason}")
+            raise StorageError(f"the object store failed to serve {len(result.transient)} object(s), e.g. {reason}")
         while len(self.parsed) <= batch:
             self.parsed.append(ParsedBatch(batch=len(self.parsed)))
         self.parsed[batch] = result

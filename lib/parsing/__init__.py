@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from lib.errors import SourceError, StorageError
+from lib.errors import SourceError, StorageError, first_line
 from lib.parsing.formats import HEAD_BYTES, describe_head, detect_format
 from lib.parsing.fragment import ArrayFragment, Fragment, name_phony_dims
 from lib.parsing.policy import ParseOptions
@@ -80,14 +80,16 @@ def parse_source(url: str, registry: ObjectStoreRegistry, options: ParseOptions)
         The store failed while reading it; retrying may succeed.
     """
     try:
-        head = read_head(url, registry, HEAD_BYTES)
+        head, size = read_head(url, registry, HEAD_BYTES)
     except FileNotFoundError as e:
         raise SourceError(f"'{url}' disappeared before it could be parsed", url=url) from e
     except Exception as e:
-        raise StorageError(f"cannot read '{url}': {type(e).__name__}: {e}") from e
+        raise StorageError(f"cannot read '{url}': {type(e).__name__}: {first_line(e)}") from e
     fmt = detect_format(head)
     if fmt is None:
         raise SourceError(f"'{url}' is not a supported format: {describe_head(head)}", url=url)
+    if fmt == "netcdf3":
+        check_netcdf3_records(url, head, size)
     errors: list[str] = []
     if fmt == "hdf5" and options.fast:
         from lib.parsing.hdf5 import parse_hdf5
@@ -100,7 +102,7 @@ def parse_source(url: str, registry: ObjectStoreRegistry, options: ParseOptions)
             raise  # a refusal, not a failure: the reference parser would only do worse
         except Exception as e:
             if is_transient(e):
-                raise StorageError(f"reading '{url}' failed: {type(e).__name__}: {e}") from e
+                raise StorageError(f"reading '{url}' failed: {type(e).__name__}: {first_line(e)}") from e
             errors.append(f"fast parser: {_short(e)}")
     from lib.parsing.reference import parse_with_virtualizarr
 
@@ -110,13 +112,26 @@ def parse_source(url: str, registry: ObjectStoreRegistry, options: ParseOptions)
         raise
     except Exception as e:
         if is_transient(e):
-            raise StorageError(f"reading '{url}' failed: {type(e).__name__}: {e}") from e
+            raise StorageError(f"reading '{url}' failed: {type(e).__name__}: {first_line(e)}") from e
         errors.append(f"VirtualiZarr: {_short(e)}")
         raise SourceError(f"'{url}' cannot be parsed as {fmt}: {'; '.join(errors)}", url=url) from e
     if errors:
         fragment.notes.append(f"fell back to VirtualiZarr after the {errors[0]}")
     name_phony_dims(fragment)
     return fragment
+
+
+def check_netcdf3_records(url: str, head: bytes, size: int) -> None:
+    """Refuse a netCDF3 header whose record count the object cannot hold (each record takes a byte at least).
+
+    A corrupt count would otherwise make the parser build (and then fail to read) millions of references.
+    """
+    wide = head[3:4] == b"\x05"  # CDF-5 counts records in 8 bytes
+    numrecs = int.from_bytes(head[4:12] if wide else head[4:8], "big", signed=False)
+    if numrecs not in (0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF) and numrecs > size:  # all ones: still being written
+        raise SourceError(
+            f"'{url}' declares {numrecs:,} records in its netCDF3 header but holds only {size:,} bytes", url=url
+        )
 
 
 def _short(error: BaseException) -> str:

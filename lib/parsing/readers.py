@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any
 
@@ -40,16 +41,16 @@ def open_source(url: str, registry: ObjectStoreRegistry, block_size: int = BLOCK
         reader.close()
 
 
-def read_head(url: str, registry: ObjectStoreRegistry, size: int) -> bytes:
-    """The first ``size`` bytes of an object (fewer if it is smaller)."""
+def read_head(url: str, registry: ObjectStoreRegistry, size: int) -> tuple[bytes, int]:
+    """The first ``size`` bytes of an object (fewer if it is smaller), and the object's size."""
     import obstore
 
     loc = parse_location(url)
     if loc.scheme == "file":
         with open(loc.key, "rb") as f:
-            return f.read(size)
+            return f.read(size), os.fstat(f.fileno()).st_size
     store, path = registry.resolve(url)
     total = obstore.head(store, path)["size"]
     if total == 0:
-        return b""
-    return bytes(obstore.get_range(store, path, start=0, length=min(size, total)))
+        return b"", 0
+    return bytes(obstore.get_range(store, path, start=0, length=min(size, total))), total
