@@ -76,6 +76,7 @@ def first_line(error: BaseException) -> str:
     return next((ln.strip() for ln in str(error).splitlines() if ln.strip()), type(error).__name__)
 
 
+_REFUSALS = ("nosuchbucket", "accessdenied", "forbidden", "invalidaccesskeyid", "signaturedoesnotmatch")
 _NOT_TRANSIENT = ("NotFoundError", "PermissionDeniedError", "UnauthenticatedError", "InvalidPathError")
 
 
@@ -92,12 +93,12 @@ def store_failure(error: BaseException) -> IcefloeError | None:
     module = kind.__module__ or ""
     if not (module.startswith(("icechunk", "obstore")) or isinstance(error, (ConnectionError, TimeoutError))):
         return None
-    if module.startswith("icechunk") and kind.__name__ != "StorageError":
-        return None  # conflicts and bad usage are not the store's fault
     line = first_line(error)
     text = str(error).lower()
-    if kind.__name__ in _NOT_TRANSIENT or "nosuchbucket" in text or "accessdenied" in text or "forbidden" in text:
+    if kind.__name__ in _NOT_TRANSIENT or any(word in text for word in _REFUSALS):
         return IcefloeError(f"the object store refused the request: {line} (check the bucket and the credentials)")
+    if module.startswith("icechunk") and kind.__name__ != "StorageError":
+        return None  # conflicts and bad usage are not the store's fault
     return StorageError(f"the object store failed: {line}")
 
 

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lib.errors import ConflictError, StorageError
+from lib.errors import ConflictError, StorageError, first_line, store_failure
 from lib.storage import container_credentials, repo_storage, virtual_containers
 
 if TYPE_CHECKING:
@@ -92,7 +92,8 @@ def open_repository(spec: Spec, *, create: bool = False) -> icechunk.Repository 
             repo.save_config()
         return repo
     except icechunk.IcechunkError as e:
-        raise StorageError(f"cannot open the repository {spec.repo.url}: {e}") from e
+        failure = store_failure(e) or StorageError(first_line(e))
+        raise type(failure)(f"cannot open the repository {spec.repo.url}: {failure}") from e
 
 
 def set_manifest_splitting(repo: icechunk.Repository, split: dict[str, int]) -> icechunk.Repository:
@@ -146,10 +147,10 @@ def reset_branch(repo: icechunk.Repository, branch: str, to: str, expected: str)
     try:
         repo.reset_branch(branch, to, from_snapshot_id=expected)
     except icechunk.IcechunkError as e:
-        current = _tip_or_none(repo, branch)
-        if current != expected:
+        current = _tip_or_none(repo, branch)  # None: the store cannot say either
+        if current is not None and current != expected:
             raise ConflictError(f"branch '{branch}' moved to {current} while this run expected {expected}") from e
-        raise StorageError(f"cannot move branch '{branch}': {e}") from e
+        raise StorageError(f"cannot move branch '{branch}': {first_line(e)}") from e
 
 
 def _tip_or_none(repo: icechunk.Repository, branch: str) -> str | None:
@@ -166,9 +167,9 @@ def commit_session(session: icechunk.Session, message: str, metadata: dict[str, 
     try:
         return session.commit(message, metadata=metadata, allow_empty=True)
     except icechunk.ConflictError as e:
-        raise ConflictError(f"another writer committed to '{session.branch}' first: {e}") from e
+        raise ConflictError(f"another writer committed to '{session.branch}' first: {first_line(e)}") from e
     except icechunk.IcechunkError as e:
-        raise StorageError(f"commit to '{session.branch}' failed: {e}") from e
+        raise StorageError(f"commit to '{session.branch}' failed: {first_line(e)}") from e
 
 
 def is_ancestor(repo: icechunk.Repository, ancestor: str, snapshot: str) -> bool:

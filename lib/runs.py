@@ -18,7 +18,7 @@ from lib.discovery import Discovery, SourceObject, classify_objects, compile_pat
 from lib.errors import PublishBlocked, StorageError, storage_step
 from lib.executors import Executor, make_executor
 from lib.faults import checkpoint
-from lib.ledger import QUARANTINED
+from lib.ledger import INGESTED, QUARANTINED
 from lib.parsing import ParseOptions, SourceConfig
 from lib.planning import ParsedBatch, Plan, cube_sizes, parse_objects, plan_update
 from lib.quality import CUBE, FILE, Finding
@@ -31,8 +31,10 @@ from lib.staging import (
     commit_batch,
     commit_prepare,
     commit_quarantine,
+    current_rows,
     manifest_split,
     nativize_staging,
+    rows_since,
 )
 from lib.state import CubeState, open_cube
 from lib.storage import object_store, source_registry
@@ -296,6 +298,12 @@ class CubeRun:
                     quarantined.update({u: f.message for u in f.urls})
             s.quarantined = [{"url": u, "reason": r} for u, r in quarantined.items()]
             s.ingested = len([u for u in plan.placements if u not in quarantined])
+        if error is None and self.state is not None and self.state.resumed and self.repo is not None:
+            # objects an interrupted run staged and this one published: they reach main now
+            staged = current_rows(rows_since(self.repo, self.spec, self.state))
+            resumed = {u for u, r in staged.items() if r.status == INGESTED} - set(plan.placements if plan else ())
+            s.ingested += len(resumed)
+            s.unchanged -= len(resumed)
         s.findings = [f.to_json() for f in self.findings]
         if error is None and plan is not None and plan.schema is None and s.quarantined:
             error = f"every one of the {len(s.quarantined)} pending object(s) was quarantined: nothing was published"
