@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lib.demo import DemoShape, demo_spec, write_bad_file, write_demo_archive, write_step
+from lib.demo import DemoShape, demo_spec, step_path, write_bad_file, write_demo_archive, write_step
 from lib.errors import IcefloeError, PublishBlocked
 
 __all__ = ["open_snippet", "run_demo", "run_s3_demo"]
@@ -36,12 +36,31 @@ def _fresh_directory(directory: Path) -> None:
     (directory / MARKER).write_text("made by `icefloe demo`; safe to delete\n")
 
 
+def _cell(path: Path) -> tuple[int, int]:
+    """(polygon, month) of a demo tile path."""
+    return int(path.parent.parent.name.split("_")[1]), int(path.parent.name.split("_")[1])
+
+
+def _run(run_flow: Callable[..., dict[str, Any]], flow: Any, console: Any, spec: Path, title: str) -> dict[str, Any]:
+    try:
+        summary = run_flow(flow, console is not None, spec=spec.read_text())
+    except PublishBlocked as e:
+        raise IcefloeError(f"the {title} did not publish: {e}") from e
+    if console is not None:
+        from flows.cli import _summary_table
+
+        _summary_table(summary, title)
+    return summary
+
+
 def run_demo(directory: Path, console: Any, run_flow: Callable[..., dict[str, Any]]) -> dict[str, Any]:
-    """Write the archive, build its cube with the ``build_cube`` flow, and report.
+    """Write the archive, build its cube (``build_cube``), land new time steps and ingest them
+    (``ingest_objects``), and report.
 
     ``console`` (a rich console, or None for ``--json``) receives the human output.
     """
     from flows.build_cube import build_cube
+    from flows.ingest_objects import ingest_objects
 
     def say(text: str) -> None:
         if console is not None:
@@ -60,19 +79,22 @@ def run_demo(directory: Path, console: Any, run_flow: Callable[..., dict[str, An
     spec_path = directory / "demo.yaml"
     spec_path.write_text(demo_spec(source, repo))
     say(f"[bold]2.[/] building the cube described by {spec_path}")
-    try:
-        summary = run_flow(build_cube, console is not None, spec=spec_path.read_text())
-    except PublishBlocked as e:
-        raise IcefloeError(f"the demo build did not publish: {e}") from e
-    if console is not None:
-        from flows.cli import _summary_table
-
-        _summary_table(summary, "demo build")
+    summary = _run(run_flow, build_cube, console, spec_path, "demo build")
+    # the next time step of every tile; the bad tile's slot gets a corrected file, and since its etag
+    # changed, the ingest retries it
+    new = [step_path(source, p, m, shape.steps) for p in range(shape.polygons) for m in range(1, shape.months + 1)]
+    for path in new:
+        write_step(path, *_cell(path), shape.steps, shape)
+    say(
+        f"[bold]3.[/] {len(new) - 1} new time steps and a corrected {bad.relative_to(source)} land in the archive; "
+        "ingesting them through staging, checks and publish"
+    )
+    ingest = _run(run_flow, ingest_objects, console, spec_path, "demo ingest")
     snippet = open_snippet(repo.resolve(), source.resolve())
-    say("[bold]3.[/] open the cube with xarray:\n")
+    say("[bold]4.[/] open the cube with xarray:\n")
     if console is not None:
         console.print(snippet, soft_wrap=True, markup=False, highlight=False)
-    return {"dir": str(directory), "spec": str(spec_path), "build": summary, "open": snippet}
+    return {"dir": str(directory), "spec": str(spec_path), "build": summary, "ingest": ingest, "open": snippet}
 
 
 def run_s3_demo(directory: Path, console: Any) -> dict[str, Any]:

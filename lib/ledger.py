@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -47,8 +47,10 @@ class LedgerRow:
     at: str = ""
 
     def to_json(self) -> str:
+        # getattr over the fields, not dataclasses.asdict: its recursive deep copy costs ~40 µs a row
+        values = ((k, getattr(self, k)) for k in _ROW_FIELDS)
         return json.dumps(
-            {k: v for k, v in asdict(self).items() if v not in ("", {}, 0) or k in ("url", "status")},
+            {k: v for k, v in values if v not in ("", {}, 0) or k in ("url", "status")},
             separators=(",", ":"),
             default=str,
         )
@@ -58,6 +60,9 @@ class LedgerRow:
         data = json.loads(text)
         data.setdefault("etag", "")
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+_ROW_FIELDS = tuple(LedgerRow.__dataclass_fields__)
 
 
 def now() -> str:

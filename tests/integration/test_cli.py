@@ -101,9 +101,11 @@ def test_demo_runs_end_to_end(prefect_server: str, icefloe_cli: str, tmp_path: P
     build = out["build"]
     assert build["ingested"] == 24 and len(build["quarantined"]) == 1
     assert build["dims"] == {"polygon": 2, "month": 3, "time": 4, "depth": 5, "lat": 16, "lon": 16}
+    ingest = out["ingest"]  # one new step per cell, the bad tile's slot with a corrected file
+    assert (ingest["ingested"], ingest["quarantined"], ingest["dims"]["time"]) == (6, [], 5)
     namespace: dict = {}
     exec(out["open"], namespace)  # the snippet the demo prints really opens the cube
-    assert namespace["cube"].DIC.shape == (2, 3, 4, 5, 16, 16)
+    assert namespace["cube"].DIC.shape == (2, 3, 5, 5, 16, 16)
 
 
 @pytest.mark.slow
