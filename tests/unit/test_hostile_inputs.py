@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -342,3 +343,21 @@ def test_a_parser_that_hangs_is_stopped_and_only_its_file_refused(
     assert list(quarantined) == [file_url(hang)]
     assert "crashed the parser process (did not finish within" in quarantined[file_url(hang)]
     assert len(run.plan_.placements) == len(goods)  # type: ignore[union-attr]
+
+
+def test_encoded_and_lookalike_keys_stay_inside_the_source(workdir: Path) -> None:
+    """Names that decode to '../' or look like dots are just names: their refs read the file itself."""
+    archive = workdir / "archive"
+    files = [write_nc4(archive / f"d{t:02d}.nc", good(day=t)) for t in range(2)]
+    files.append(write_nc4(archive / "%2e%2e%2fd02.nc", good(day=2)))  # decodes to ../d02.nc
+    files.append(write_nc4(archive / "\uff0e\uff0e\u2215d03.nc", good(day=3)))  # fullwidth dots, division slash
+    write_nc4(workdir / "d02.nc", good(day=2, seed=99))  # what '../d02.nc' would read: other values
+    spec = make_spec(workdir, "*.nc", extra="checks:\n  regular: []\n")
+    summary = run_cube(spec)
+    assert summary.exit_code == 0 and summary.ingested == 4, summary.quarantined
+    # refs are stored percent-encoded; decoded once they name exactly the files inside the source
+    assert {urllib.parse.unquote(u) for u in locations(spec)} == {file_url(f) for f in files}
+    cube = open_cube(spec)
+    for f in files:
+        ref = xr.open_dataset(f).load()
+        xr.testing.assert_identical(cube.tas.sel(time=ref.time).load(), ref.tas)
