@@ -19,13 +19,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from flows.tables import Bars, console, coverage_table, summary_table
 from lib.errors import IcefloeError, PublishBlocked, SpecError, store_failure
 from lib.report import EXIT_BAD_SPEC, EXIT_DRIFT, EXIT_FAILED, EXIT_OK, EXIT_QUARANTINED
-
-console = Console(stderr=True, highlight=False)
 
 app = typer.Typer(
     name="icefloe",
@@ -112,41 +110,11 @@ def _errors() -> Iterator[None]:
         ) from None
 
 
-class _Bars:
-    """Rich progress bars on stderr for the flow's stages."""
-
-    def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(
-            TextColumn("{task.description:>8}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=False,
-        )
-        self.tasks: dict[str, Any] = {}
-
-    def start(self, stage: str, total: int) -> None:
-        if not self.progress.live.is_started:
-            self.progress.start()
-        self.tasks[stage] = self.progress.add_task(stage, total=max(total, 0))
-
-    def advance(self, stage: str, amount: int = 1) -> None:
-        if stage in self.tasks:
-            self.progress.advance(self.tasks[stage], amount)
-
-    def stop(self) -> None:
-        if self.progress.live.is_started:
-            self.progress.stop()
-
-
 def _run_flow(flow: Callable[..., Any], show_progress: bool, **params: Any) -> dict[str, Any]:
     """Run a flow in this process (Prefect's ephemeral API unless PREFECT_API_URL is set)."""
     from flows import progress
 
-    bars = _Bars() if show_progress else None
+    bars = Bars() if show_progress else None
     progress.set_reporter(bars)
     try:
         state = flow(**params, return_state=True)
@@ -162,33 +130,6 @@ def _run_flow(flow: Callable[..., Any], show_progress: bool, **params: Any) -> d
     raise IcefloeError(f"the flow ended in state {state.type.value}: {state.message}")
 
 
-def _summary_table(summary: dict[str, Any], title: str) -> None:
-    table = Table(title=title, show_header=True, header_style="bold")
-    for column in ("discovered", "ingested", "unchanged", "changed", "quarantined"):
-        table.add_column(column, justify="right")
-    table.add_row(
-        str(summary.get("discovered", 0)),
-        str(summary.get("ingested", 0)),
-        str(summary.get("unchanged", 0)),
-        str(len(summary.get("changed", []))),
-        str(len(summary.get("quarantined", []))),
-    )
-    console.print(table)
-    dims = summary.get("dims") or {}
-    if dims:
-        console.print("dims: " + " x ".join(f"{d}={n}" for d, n in dims.items()))
-    if summary.get("snapshot"):
-        console.print(f"main: {summary['snapshot']}" + ("" if summary.get("published") else " (unchanged)"))
-    for q in summary.get("quarantined", [])[:20]:
-        console.print(f"[yellow]quarantined[/] {q['url']}\n    {q['reason']}")
-    for s in summary.get("skipped", [])[:20]:
-        console.print(f"[yellow]skipped[/] {s['variable']} of {s['url']}: {s['reason']}")
-    for f in summary.get("findings", [])[:20]:
-        console.print(f"[red]{f['check']}[/] ({f['scope']}): {f['message']}")
-    for url in summary.get("changed", [])[:20]:
-        console.print(f"[cyan]changed[/] {url} (ingest with --replace to re-ingest)")
-
-
 def _update(spec: Path, operation: str, as_json: bool, urls: list[str] | None = None, replace: bool = False) -> None:
     loaded = _load(spec)
     _quiet_prefect(_debug)
@@ -201,7 +142,7 @@ def _update(spec: Path, operation: str, as_json: bool, urls: list[str] | None = 
     else:
         summary = _run_flow(ingest_objects, not as_json, spec=text, urls=urls, replace=replace)
     if not as_json:
-        _summary_table(summary, f"{operation} of {loaded.name}")
+        summary_table(summary, f"{operation} of {loaded.name}")
     _finish(summary, EXIT_QUARANTINED if summary.get("quarantined") else EXIT_OK)
 
 
@@ -236,11 +177,7 @@ def plan(spec: SpecArg, as_json: JsonOpt = False, debug: DebugOpt = False) -> No
         loaded = _load(spec)
         run = CubeRun(loaded, "ingest", "plan", write=False)
         try:
-            run.open()
-            run.discover()
-            for b in range(len(run.batches)):
-                run.parse(b)
-            run.plan()
+            run.through_plan()
             summary = run.finish()
         finally:
             run.close()
@@ -339,33 +276,8 @@ def status(
             png.write_bytes(coverage_png(cov, f"{loaded.name}: share of the axis present"))
             payload["png"] = str(png)
         if not as_json:
-            _coverage_table(cov, loaded.name)
+            coverage_table(cov, loaded.name)
         _finish(payload, EXIT_OK)
-
-
-def _coverage_table(cov: Any, name: str) -> None:
-    from lib.coverage import folded
-
-    frac, quar, rows, cols, row_dim, col_dim = folded(cov)
-    table = Table(
-        title=f"{name}: coverage of the {cov.totals.get('concat_dim') or 'cube'} axis ({cov.axis_length} positions)"
-    )
-    table.add_column(f"{row_dim} \\ {col_dim}")
-    for c in cols[:30]:
-        table.add_column(str(c), justify="right")
-    for r, label in enumerate(rows[:60]):
-        cells = []
-        for c in range(min(len(cols), 30)):
-            text = f"{100 * frac[r, c]:.0f}%" + (f" {quar[r, c]}q" if quar[r, c] else "")
-            cells.append(f"[red]{text}[/]" if frac[r, c] < 1 else text)
-        table.add_row(str(label), *cells)
-    console.print(table)
-    t = cov.totals
-    console.print(
-        f"{t['objects']} objects, {t['refs']} refs, {t['source_bytes']:,} source bytes, "
-        f"{t['repo_bytes']:,} repository bytes (overhead {t['overhead_percent']}%), "
-        f"{t['quarantined']} quarantined"
-    )
 
 
 @app.command()

@@ -47,9 +47,9 @@ def _run(run_flow: Callable[..., dict[str, Any]], flow: Any, console: Any, spec:
     except PublishBlocked as e:
         raise IcefloeError(f"the {title} did not publish: {e}") from e
     if console is not None:
-        from flows.cli import _summary_table
+        from flows.tables import summary_table
 
-        _summary_table(summary, title)
+        summary_table(summary, title)
     return summary
 
 

@@ -198,6 +198,15 @@ class CubeRun:
             s.notes += [f"{url}: {n}" for n in entry.notes]
         return {"accepted": plan.accepted, "quarantined": len(plan.quarantined), "dims": s.dims}
 
+    def through_plan(self) -> Plan | None:
+        """Open, discover, parse every batch and plan: all of ``icefloe plan``, and how a write starts."""
+        self.open()
+        self.discover()
+        for b in range(len(self.batches)):
+            self.parse(b)
+        self.plan()
+        return self.plan_
+
     @storage_step
     def prepare(self) -> str | None:
         """Create or grow the arrays and record this run's quarantines, in one staging commit."""

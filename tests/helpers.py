@@ -117,11 +117,7 @@ def run_cube(
 
     run = CubeRun(spec, operation, str(uuid.uuid4()), urls=urls, replace=replace)
     try:
-        run.open()
-        run.discover()
-        for b in range(len(run.batches)):
-            run.parse(b)
-        run.plan()
+        run.through_plan()
         run.prepare()
         for b in range(len(run.batches)):
             run.commit(b)

@@ -332,12 +332,8 @@ def test_a_parser_that_hangs_is_stopped_and_only_its_file_refused(
     )
     run = CubeRun(spec, "build", "hang-test")
     try:
-        run.open()
-        run.discover()
-        for b in range(len(run.batches)):
-            run.parse(b)
-        run.plan()
-        quarantined = dict(run.plan_.quarantined) if run.plan_ else {}
+        plan = run.through_plan()
+        quarantined = dict(plan.quarantined) if plan else {}
     finally:
         run.close()
     assert list(quarantined) == [file_url(hang)]

@@ -1,0 +1,96 @@
+"""What the ``icefloe`` command shows people on stderr: progress bars, summary and coverage tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["Bars", "console", "coverage_table", "summary_table"]
+
+console = Console(stderr=True, highlight=False)
+
+
+class Bars:
+    """Rich progress bars on stderr for the flow's stages."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description:>8}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def start(self, stage: str, total: int) -> None:
+        if not self.progress.live.is_started:
+            self.progress.start()
+        self.tasks[stage] = self.progress.add_task(stage, total=max(total, 0))
+
+    def advance(self, stage: str, amount: int = 1) -> None:
+        if stage in self.tasks:
+            self.progress.advance(self.tasks[stage], amount)
+
+    def stop(self) -> None:
+        if self.progress.live.is_started:
+            self.progress.stop()
+
+
+def summary_table(summary: dict[str, Any], title: str) -> None:
+    """A build or ingest summary: counts, dims, main, and what was refused or changed."""
+    table = Table(title=title, show_header=True, header_style="bold")
+    for column in ("discovered", "ingested", "unchanged", "changed", "quarantined"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        str(summary.get("discovered", 0)),
+        str(summary.get("ingested", 0)),
+        str(summary.get("unchanged", 0)),
+        str(len(summary.get("changed", []))),
+        str(len(summary.get("quarantined", []))),
+    )
+    console.print(table)
+    dims = summary.get("dims") or {}
+    if dims:
+        console.print("dims: " + " x ".join(f"{d}={n}" for d, n in dims.items()))
+    if summary.get("snapshot"):
+        console.print(f"main: {summary['snapshot']}" + ("" if summary.get("published") else " (unchanged)"))
+    for q in summary.get("quarantined", [])[:20]:
+        console.print(f"[yellow]quarantined[/] {q['url']}\n    {q['reason']}")
+    for s in summary.get("skipped", [])[:20]:
+        console.print(f"[yellow]skipped[/] {s['variable']} of {s['url']}: {s['reason']}")
+    for f in summary.get("findings", [])[:20]:
+        console.print(f"[red]{f['check']}[/] ({f['scope']}): {f['message']}")
+    for url in summary.get("changed", [])[:20]:
+        console.print(f"[cyan]changed[/] {url} (ingest with --replace to re-ingest)")
+
+
+def coverage_table(cov: Any, name: str) -> None:
+    """The coverage map as a table (pattern cells x the concat axis' share present) and the totals."""
+    from lib.coverage import folded
+
+    frac, quar, rows, cols, row_dim, col_dim = folded(cov)
+    table = Table(
+        title=f"{name}: coverage of the {cov.totals.get('concat_dim') or 'cube'} axis ({cov.axis_length} positions)"
+    )
+    table.add_column(f"{row_dim} \\ {col_dim}")
+    for c in cols[:30]:
+        table.add_column(str(c), justify="right")
+    for r, label in enumerate(rows[:60]):
+        cells = []
+        for c in range(min(len(cols), 30)):
+            text = f"{100 * frac[r, c]:.0f}%" + (f" {quar[r, c]}q" if quar[r, c] else "")
+            cells.append(f"[red]{text}[/]" if frac[r, c] < 1 else text)
+        table.add_row(str(label), *cells)
+    console.print(table)
+    t = cov.totals
+    console.print(
+        f"{t['objects']} objects, {t['refs']} refs, {t['source_bytes']:,} source bytes, "
+        f"{t['repo_bytes']:,} repository bytes (overhead {t['overhead_percent']}%), "
+        f"{t['quarantined']} quarantined"
+    )
