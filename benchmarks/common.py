@@ -40,8 +40,8 @@ def machine() -> dict[str, Any]:
     }
 
 
-def _tree_rss_kb(pid: int) -> int:
-    """Resident memory of a process and all its descendants, from /proc."""
+def _tree_rss_kb(pid: int) -> dict[int, int]:
+    """Resident memory (kB) of a process and each of its descendants, from /proc."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
@@ -59,12 +59,12 @@ def _tree_rss_kb(pid: int) -> int:
             children.setdefault(ppid, []).append(int(entry))
         except (OSError, IndexError, ValueError):
             continue
-    total, stack = 0, [pid]
+    tree, stack = {}, [pid]
     while stack:
         p = stack.pop()
-        total += rss.get(p, 0)
+        tree[p] = rss.get(p, 0)
         stack.extend(children.get(p, []))
-    return total
+    return tree
 
 
 @dataclass
@@ -74,7 +74,8 @@ class Measured:
     returncode: int
     stdout: str = ""
     stderr: str = ""
-    samples: list[float] = field(default_factory=list)
+    samples: list[tuple[float, float, float]] = field(default_factory=list)  # (s, main MB, tree MB) each second
+    peak_breakdown_mb: dict[str, float] = field(default_factory=dict)
 
 
 def run_measured(
@@ -96,12 +97,21 @@ def run_measured(
         stdin=subprocess.DEVNULL,
     )
     peak = 0
+    at_peak: dict[int, int] = {}
+    samples: list[tuple[float, float, float]] = []
     done = threading.Event()
 
     def watch() -> None:
-        nonlocal peak
+        nonlocal peak, at_peak
         while not done.is_set():
-            peak = max(peak, _tree_rss_kb(proc.pid))
+            tree = _tree_rss_kb(proc.pid)
+            if sum(tree.values()) > peak:
+                peak, at_peak = sum(tree.values()), tree
+            t = time.perf_counter() - start
+            if not samples or t - samples[-1][0] >= 1.0:
+                samples.append(
+                    (round(t, 1), round(tree.get(proc.pid, 0) / 1024, 1), round(sum(tree.values()) / 1024, 1))
+                )
             done.wait(interval)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -110,7 +120,8 @@ def run_measured(
     seconds = time.perf_counter() - start
     done.set()
     watcher.join()
-    return Measured(seconds, peak / 1024, proc.returncode, out, err)
+    breakdown = {("main" if p == proc.pid else f"child {p}"): round(kb / 1024, 1) for p, kb in at_peak.items()}
+    return Measured(seconds, peak / 1024, proc.returncode, out, err, samples, breakdown)
 
 
 def python(code: str) -> list[str]:

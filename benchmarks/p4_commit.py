@@ -2,10 +2,13 @@
 batch commits (``lib.staging.commit_prepare`` + ``commit_batch``: arrays at full size, refs placed at
 their offsets through Icechunk forks, ledger rows, one commit per batch, manifests split along time).
 
-    python benchmarks/p4_commit.py [--refs 10000000]
+    python -m benchmarks.p4_commit [--refs 10000000] [--modes pipeline per-object bulk]
 
-The objects are synthetic (8 refs each, like the benchmark tiles, each with its own ETag as on S3);
-parsing is left out on purpose -- P1 measures it. Wall time and peak RSS of the whole process.
+Beside the pipeline, the same refs go in through Icechunk's own API in the same run (see MODES): one
+call per object with its checksum (what the pipeline must do to keep each object's ETag), and
+FACTS.md's hand-tuned bulk calls without checksums. The objects are synthetic (8 refs each, like the
+benchmark tiles, each with its own ETag as on S3); parsing is left out on purpose -- P1 measures it.
+Wall time and peak RSS of each measured process.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import textwrap
 from benchmarks.common import WORK, log, python, run_measured, save
 
 SCRIPT = textwrap.dedent("""
+    from lib.memory import limit_arenas
+    limit_arenas()  # as the icefloe command does first thing
     import sys, time, json, numpy as np
     from pathlib import Path
     from lib.demo import DemoShape, write_step
@@ -33,7 +38,7 @@ SCRIPT = textwrap.dedent("""
     from lib.staging import RunInfo, commit_prepare, commit_batch, manifest_split
     from lib.repository import set_manifest_splitting
 
-    work, n_files, batch_files = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    work, n_files, batch_files, mode = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     template = write_step(work / "src" / "polygon_000" / "month_01" / "step_0000.nc", 0, 1, 0, DemoShape())
     url0 = f"file://{template}"
     spec = load_spec(f"name: p4\\nsource: {{url: 'file://{work}/src/', pattern: 'polygon_{{polygon:d}}/month_{{month:d}}/step_*.nc'}}\\n"
@@ -89,48 +94,92 @@ SCRIPT = textwrap.dedent("""
     info = RunInfo("p4", "build")
     commit_prepare(repo, spec, state, plan, Spool(), info, {})
     refs = 0
-    for b in range(n_batches):
-        _, r = commit_batch(repo, spec, state, plan, Spool(), b, info, workers=2)
-        refs += r
-        plan.batches[b] = []  # a batch's URLs are not needed once committed
+    if mode == "pipeline":
+        for b in range(n_batches):
+            _, r = commit_batch(repo, spec, state, plan, Spool(), b, info, workers=2)
+            refs += r
+            plan.batches[b] = []  # a batch's URLs are not needed once committed
+    else:
+        # Icechunk's own API on the same arrays and commits, without the pipeline around it
+        per_var = [(v.path, (1, 1) + frag.arrays[v.path].lengths.shape, frag.arrays[v.path].offsets.ravel().astype("u8"),
+                    frag.arrays[v.path].lengths.ravel().astype("u8")) for v in schema.by_role("data") if v.kind == "virtual"]
+        assert all(len(grid) == 6 and grid[2] == 1 for _, grid, _, _ in per_var), per_var
+        for b in range(n_batches):
+            session = repo.writable_session(spec.repo.staging)
+            st = session.store
+            lo, hi = b * batch_files, min(n_files, (b + 1) * batch_files)
+            if mode == "per-object":  # one call per object and variable, each with the object's own checksum
+                for i in range(lo, hi):
+                    (p, m), t = where(i)
+                    u = url(i)
+                    for path, grid, offs, lens in per_var:
+                        st.set_virtual_refs_arr(path, grid, [u] * offs.size, offs, lens, arr_offset=(p, m, t, 0, 0, 0),
+                                                checksum=f"etag-{i:08d}")
+                        refs += offs.size
+            else:  # "bulk": one call per cell and variable, no checksums (FACTS.md's hand-tuned way)
+                for c0 in range(lo, hi, steps):
+                    (p, m), _ = where(c0)
+                    files = range(c0, min(hi, c0 + steps))
+                    for path, grid, offs, lens in per_var:
+                        locations = [url(i) for i in files for _ in range(offs.size)]
+                        st.set_virtual_refs_arr(path, (1, 1, len(files)) + grid[3:], locations, np.tile(offs, len(files)),
+                                                np.tile(lens, len(files)), arr_offset=(p, m, 0, 0, 0, 0))
+                        refs += offs.size * len(files)
+            session.commit(f"p4 {mode}: batch {b + 1}/{n_batches}")
     seconds = time.perf_counter() - start
     print(json.dumps({"refs": refs, "files": n_files, "batches": n_batches, "seconds_in_process": seconds}))
 """)
+
+MODES = {
+    "pipeline": "icefloe's commit_prepare + commit_batch: refs, ledger rows, one commit per batch",
+    "per-object": "Icechunk's set_virtual_refs_arr directly, one call per object and variable with the "
+    "object's own checksum, same arrays and commits: the floor for any writer that keeps per-object ETags",
+    "bulk": "Icechunk's set_virtual_refs_arr directly, one call per cell and variable, no checksums, "
+    "same arrays and commits (FACTS.md's hand-tuned way)",
+}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--refs", type=int, default=10_000_000)
     ap.add_argument("--refs-per-batch", type=int, default=500_000)
+    ap.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     a = ap.parse_args()
     work = (WORK / "p4").resolve()
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
     files = a.refs // 8
-    log(f"committing {a.refs} refs ({files} objects) in batches of {a.refs_per_batch} refs")
-    m = run_measured(
-        [*python(SCRIPT), str(work), str(files), str(a.refs_per_batch // 8)], env={"ICECHUNK_LOG": "error"}
-    )
-    assert m.returncode == 0, m.stderr[-3000:]
-    inner = json.loads(m.stdout.strip().splitlines()[-1])
-    result = {
-        "refs": inner["refs"],
-        "objects": files,
-        "batches": inner["batches"],
-        "wall_seconds": m.seconds,
-        "commit_seconds": inner["seconds_in_process"],
-        "peak_rss_mb": m.peak_rss_mb,
-        "targets": {"seconds": 20, "peak_rss_mb": 1024},
-        "icechunk_low_level_from_facts": {
-            "default": {"seconds": 86.8, "peak_rss_mb": 5100},
-            "batched_0.5M_split_0.5M": {"seconds": 20.3, "peak_rss_mb": 1200},
-        },
-    }
+    results = {}
+    for mode in a.modes:
+        log(f"{mode}: committing {a.refs} refs ({files} objects) in batches of {a.refs_per_batch} refs")
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        m = run_measured(
+            [*python(SCRIPT), str(work), str(files), str(a.refs_per_batch // 8), mode], env={"ICECHUNK_LOG": "error"}
+        )
+        assert m.returncode == 0, m.stderr[-3000:]
+        inner = json.loads(m.stdout.strip().splitlines()[-1])
+        results[mode] = {
+            "refs": inner["refs"],
+            "objects": files,
+            "batches": inner["batches"],
+            "wall_seconds": m.seconds,
+            "commit_seconds": inner["seconds_in_process"],
+            "peak_rss_mb": m.peak_rss_mb,
+        }
+        log(f"  {json.dumps(results[mode])}")
     out = save(
         f"p4_commit_{a.refs // 1_000_000}M",
-        {"result": result, "command": f"python -m benchmarks.p4_commit --refs {a.refs}"},
+        {
+            "results": results,
+            "modes": MODES,
+            "targets": {"seconds": 20, "peak_rss_mb": 1024},
+            "icechunk_low_level_from_facts": {
+                "default": {"seconds": 86.8, "peak_rss_mb": 5100},
+                "batched_0.5M_split_0.5M": {"seconds": 20.3, "peak_rss_mb": 1200},
+            },
+            "command": f"python -m benchmarks.p4_commit --refs {a.refs} --modes {' '.join(a.modes)}",
+        },
     )
-    log(f"{json.dumps(result)}\nwrote {out}")
+    log(f"wrote {out}")
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -53,9 +53,10 @@ def main() -> None:
                 "ingested": summary["ingested"],
                 "seconds": m.seconds,
                 "peak_rss_mb": m.peak_rss_mb,
+                "peak_rss_by_process_mb": m.peak_breakdown_mb,
                 "refs": summary["refs"],
             }
-            log(f"  {m.seconds:.1f} s, peak {m.peak_rss_mb:.0f} MB (client + workers)")
+            log(f"  {m.seconds:.1f} s, peak {m.peak_rss_mb:.0f} MB (client + workers): {m.peak_breakdown_mb}")
             shutil.rmtree(run_dir, ignore_errors=True)
     out = save(
         "p5_memory",

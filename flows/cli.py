@@ -23,7 +23,10 @@ from rich.table import Table
 
 from flows.tables import Bars, console, coverage_table, summary_table
 from lib.errors import IcefloeError, PublishBlocked, SpecError, store_failure
+from lib.memory import limit_arenas
 from lib.report import EXIT_BAD_SPEC, EXIT_DRIFT, EXIT_FAILED, EXIT_OK, EXIT_QUARANTINED
+
+limit_arenas()  # first thing: before Icechunk's and Prefect's threads make malloc arenas of their own
 
 app = typer.Typer(
     name="icefloe",

@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -188,9 +188,9 @@ def _offset(var: VariableSchema, schema: CubeSchema, placement: Placement) -> tu
     return tuple(out)
 
 
-@dataclass(frozen=True)
-class RefCall:
-    """One ``set_virtual_refs_arr`` call: one file's block of one variable."""
+class RefCall(NamedTuple):
+    """One ``set_virtual_refs_arr`` call: one file's block of one variable (a tuple: one is made per
+    file and variable, on the build's hot path)."""
 
     array_path: str
     chunk_grid_shape: tuple[int, ...]
@@ -199,6 +199,7 @@ class RefCall:
     lengths: np.ndarray
     arr_offset: tuple[int, ...]
     checksum: Any
+    refs: int
 
 
 def _ref_calls(items: Iterable[BatchItem], schema: CubeSchema, refs_for: set[str]) -> list[RefCall]:
@@ -213,36 +214,36 @@ def _ref_calls(items: Iterable[BatchItem], schema: CubeSchema, refs_for: set[str
             for i, (dim, chunk) in enumerate(zip(var.dims, var.chunks, strict=True))
             if dim in schema.concat
         ]
-        layout.append((var, pad, concat_axes, var.role in (DATA, CELL)))
+        layout.append((var.path, len(var.dims), (1,) * pad, concat_axes, var.role in (DATA, CELL)))
     calls = []
     for item in items:
         location = ref_location(item.fragment.url)
         placement = item.placement
         ranges = {d: a for d, a, _ in placement.ranges}
         arrays = item.fragment.arrays
-        for var, pad, concat_axes, padded in layout:
-            frag = arrays[var.path]
+        for path, ndim, pad, concat_axes, padded in layout:
+            frag = arrays[path]
             lengths = frag.lengths.ravel()
-            present = lengths > 0
-            count = int(present.sum())
+            count = int(np.count_nonzero(lengths))
             if not count:
                 continue
-            offset = [0] * len(var.dims)
+            offset = [0] * ndim
             for axis, dim, chunk in concat_axes:
                 offset[axis] = ranges[dim] // chunk
             if count == lengths.size:
                 locations = [location] * count
             else:  # chunks the file never wrote stay empty in the cube (they read as the fill value)
-                locations = [location if p else "" for p in present.tolist()]
+                locations = [location if n else "" for n in lengths.tolist()]
             calls.append(
                 RefCall(
-                    var.path,
-                    (1,) * pad + frag.lengths.shape,
+                    path,
+                    pad + frag.lengths.shape,
                     locations,
                     frag.offsets.ravel().astype(np.uint64, copy=False),
                     lengths.astype(np.uint64, copy=False),
                     (*placement.cell, *offset) if padded else tuple(offset),
                     item.checksum,
+                    count,
                 )
             )
     return calls
@@ -307,7 +308,7 @@ def place_batch(session: icechunk.Session, schema: CubeSchema, items: list[Batch
     else:
         _set_refs(session.store, calls)
     _write_natives(session.store, schema, items)
-    return sum(int(np.count_nonzero(c.lengths)) for c in calls)
+    return sum(c.refs for c in calls)
 
 
 def clear_blocks(

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lib.discovery import compile_pattern
-from lib.ledger import INGESTED, QUARANTINED, read_ledger, read_schema
+from lib.ledger import INGESTED, QUARANTINED, iter_current, read_schema
 from lib.state import read_axes
 
 if TYPE_CHECKING:
@@ -70,7 +70,6 @@ def measure_coverage(repo: icechunk.Repository, spec: Spec, snapshot: str | None
     )
     store = session.store
     schema = read_schema(store)
-    ledger = read_ledger(store)
     dims = list(schema.pattern) if schema else list(compile_pattern(spec.source.pattern).fields)
     axes = read_axes(store, schema) if schema else None
     labels = [list(axes.pattern[d]) if axes else [] for d in dims]
@@ -88,8 +87,8 @@ def measure_coverage(repo: icechunk.Repository, spec: Spec, snapshot: str | None
         except KeyError:
             return None
 
-    objects = refs = source_bytes = 0
-    for row in ledger.values():
+    objects = refs = source_bytes = refused = 0
+    for row in iter_current(store):  # streamed: the ledger can hold an entry per object of the archive
         fields = row.fields or (pattern.match(row.url.removeprefix(spec.source.url)) or {})
         index = cell_index(fields)
         if row.status == INGESTED:
@@ -103,8 +102,10 @@ def measure_coverage(repo: icechunk.Repository, spec: Spec, snapshot: str | None
                 covered[(*index, slice(start, stop))] = True
             else:
                 covered[index] = True
-        elif row.status == QUARANTINED and index is not None:
-            quarantined[index] += 1
+        elif row.status == QUARANTINED:
+            refused += 1
+            if index is not None:
+                quarantined[index] += 1
     fraction = covered.mean(axis=-1) if length else np.zeros(shape)
     missing: dict[tuple[Any, ...], list[int]] = {}
     for index in np.ndindex(*shape):
@@ -118,7 +119,7 @@ def measure_coverage(repo: icechunk.Repository, spec: Spec, snapshot: str | None
         "source_bytes": source_bytes,
         "repo_bytes": repo_bytes,
         "overhead_percent": round(100.0 * repo_bytes / source_bytes, 3) if source_bytes else None,
-        "quarantined": int(sum(1 for r in ledger.values() if r.status == QUARANTINED)),
+        "quarantined": refused,
         "concat_dim": concat,
         "snapshot": session.snapshot_id,
     }

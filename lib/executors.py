@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lib.errors import SpecError
+from lib.memory import limit_arenas
 
 if TYPE_CHECKING:
     from lib.spec import Execution
@@ -85,7 +86,9 @@ class PoolExecutor(Executor):
                 import multiprocessing
 
                 # forkserver: workers never inherit the threads of Prefect's client or the event loop
-                self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"))
+                self._pool = ProcessPoolExecutor(
+                    self.workers, mp_context=multiprocessing.get_context("forkserver"), initializer=limit_arenas
+                )
         return self._pool
 
     def imap(

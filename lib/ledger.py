@@ -10,15 +10,25 @@ costs, however large the archive. The cube's schema is kept beside it, in the gr
 from __future__ import annotations
 
 import datetime as dt
-import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from lib.validation import CubeSchema
 
-__all__ = ["LedgerRow", "append_rows", "read_ledger", "read_rows", "read_schema", "write_schema"]
+__all__ = [
+    "LedgerRow",
+    "append_rows",
+    "iter_current",
+    "iter_rows",
+    "read_ledger",
+    "read_rows",
+    "read_schema",
+    "write_schema",
+]
 
 META_GROUP = "_icefloe"
 LEDGER_ARRAY = f"{META_GROUP}/ledger"
@@ -47,17 +57,14 @@ class LedgerRow:
     at: str = ""
 
     def to_json(self) -> str:
-        # getattr over the fields, not dataclasses.asdict: its recursive deep copy costs ~40 µs a row
-        values = ((k, getattr(self, k)) for k in _ROW_FIELDS)
-        return json.dumps(
-            {k: v for k, v in values if v not in ("", {}, 0) or k in ("url", "status")},
-            separators=(",", ":"),
-            default=str,
-        )
+        # a row per object on the build's hot path: getattr over the fields (dataclasses.asdict deep
+        # copies, ~40 µs a row) and orjson (~3x the standard library's speed)
+        values = {k: v for k in _ROW_FIELDS if (v := getattr(self, k)) not in ("", {}, 0) or k in ("url", "status")}
+        return orjson.dumps(values, default=str).decode()
 
     @classmethod
     def from_json(cls, text: str) -> LedgerRow:
-        data = json.loads(text)
+        data = orjson.loads(text)
         data.setdefault("etag", "")
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
@@ -86,15 +93,33 @@ def _group(store: Any, create: bool = False) -> Any:
     return root.create_group(META_GROUP, attributes={"description": "icefloe's ledger and cube schema"})
 
 
-def read_rows(store: Any, start: int = 0) -> list[LedgerRow]:
-    """Ledger rows from position ``start`` on, oldest first."""
+def iter_rows(store: Any, start: int = 0) -> Iterator[LedgerRow]:
+    """Ledger rows from position ``start`` on, oldest first, decoded a chunk at a time."""
     group = _group(store)
     if group is None or "ledger" not in group:
-        return []
+        return
     array = group["ledger"]
-    if array.shape[0] <= start:
-        return []
-    return [LedgerRow.from_json(str(text)) for text in array[start:]]
+    size = int(array.shape[0])
+    for lo in range(start, size, LEDGER_CHUNK):
+        for text in array[lo : min(size, lo + LEDGER_CHUNK)]:
+            yield LedgerRow.from_json(str(text))
+
+
+def read_rows(store: Any, start: int = 0) -> list[LedgerRow]:
+    """Ledger rows from position ``start`` on, oldest first."""
+    return list(iter_rows(store, start))
+
+
+def iter_current(store: Any, start: int = 0) -> Iterator[LedgerRow]:
+    """Each object's newest row among the rows from ``start`` on.
+
+    Two passes over the rows, holding only each URL's position in between: reading a large ledger
+    this way costs memory per URL, not a decoded row per event.
+    """
+    newest = {row.url: i for i, row in enumerate(iter_rows(store, start))}
+    for i, row in enumerate(iter_rows(store, start)):
+        if newest.get(row.url) == i:
+            yield row
 
 
 def ledger_size(store: Any) -> int:

@@ -51,7 +51,12 @@ class ParsedBatch:
 
 @dataclass
 class Plan:
-    """What a run will write: the schema and axes, and each accepted file's place."""
+    """What a run will write: the schema and axes, and each accepted file's place.
+
+    ``batches`` lists the placed URLs per parse batch. A writing run calls :meth:`spill` once the
+    plan is made: the per-file entries and placements then wait in the spool and come back a batch at
+    a time through :meth:`batch_items`, so a run's memory does not grow with the archive.
+    """
 
     schema: CubeSchema | None
     axes: Axes
@@ -63,10 +68,33 @@ class Plan:
     grows: bool = False
     shared_source: str | None = None
     replaced: set[str] = field(default_factory=set)
+    spilled: bool = False
+    _spilled_count: int = 0
 
     @property
     def accepted(self) -> int:
-        return len(self.placements)
+        return self._spilled_count if self.spilled else len(self.placements)
+
+    def placed_urls(self) -> set[str]:
+        return {url for batch in self.batches for url in batch}
+
+    def spill(self, spool: Spool) -> None:
+        """Move the entries and placements to the spool, a file per batch; only the shared source's stay."""
+        if self.spilled:
+            return
+        for b, urls in enumerate(self.batches):
+            spool.write(b, [(self.entries[u], self.placements[u]) for u in urls], kind="plan")
+        self._spilled_count = len(self.placements)
+        keep = [self.shared_source] if self.shared_source else []
+        self.entries = {u: self.entries[u] for u in keep}
+        self.placements = {u: self.placements[u] for u in keep}
+        self.spilled = True
+
+    def batch_items(self, spool: Spool, batch: int) -> list[tuple[FileEntry, Placement]]:
+        """One batch's placed files, each with its entry and placement."""
+        if self.spilled:
+            return spool.read(batch, kind="plan")
+        return [(self.entries[u], self.placements[u]) for u in self.batches[batch]]
 
 
 def cube_sizes(schema: CubeSchema | None, axes: Axes) -> dict[str, int]:

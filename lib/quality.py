@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -57,19 +57,35 @@ class SpotSample:
     layout_key: str
 
 
-def choose_samples(candidates: Sequence[SpotSample], files: int | str, seed: int | None = None) -> list[SpotSample]:
+def choose_samples(candidates: Iterable[SpotSample], files: int | str, seed: int | None = None) -> list[SpotSample]:
     """Every file if there are at most ``files`` (or ``files == "all"``), else a random ``files`` of
-    them -- always at least one file of each distinct layout."""
-    if files == "all" or len(candidates) <= int(files):
+    them -- always at least one file of each distinct layout.
+
+    One pass with reservoir sampling: it holds ``files`` candidates plus one per layout, however
+    many files a run added.
+    """
+    if files == "all":
         return list(candidates)
+    wanted = int(files)
     rng = random.Random(seed)
-    by_layout: dict[str, list[SpotSample]] = {}
+    per_layout: dict[str, tuple[int, SpotSample]] = {}  # a reservoir of one per layout: (seen, pick)
+    reservoir: list[SpotSample] = []
+    seen = 0
     for c in candidates:
-        by_layout.setdefault(c.layout_key, []).append(c)
-    picked = [rng.choice(group) for group in by_layout.values()]
-    rest = [c for c in candidates if all(c is not p for p in picked)]
-    picked += rng.sample(rest, max(0, min(len(rest), int(files) - len(picked))))
-    return picked
+        count, pick = per_layout.get(c.layout_key, (0, c))
+        per_layout[c.layout_key] = (count + 1, c if rng.randrange(count + 1) == 0 else pick)
+        seen += 1
+        if len(reservoir) < wanted:
+            reservoir.append(c)
+        else:
+            j = rng.randrange(seen)
+            if j < wanted:
+                reservoir[j] = c
+    if seen <= wanted:
+        return reservoir
+    picked = [pick for _, pick in per_layout.values()]
+    rest = [c for c in reservoir if all(c is not p for p in picked)]
+    return picked + rest[: max(0, wanted - len(picked))]
 
 
 def _regular_gaps(values: np.ndarray, attrs: dict[str, Any], dim: str) -> list[str]:

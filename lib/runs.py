@@ -19,6 +19,7 @@ from lib.errors import PublishBlocked, StorageError, storage_step
 from lib.executors import Executor, make_executor
 from lib.faults import checkpoint
 from lib.ledger import INGESTED, QUARANTINED
+from lib.memory import release
 from lib.parsing import ParseOptions, SourceConfig
 from lib.planning import ParsedBatch, Plan, cube_sizes, parse_objects, plan_update
 from lib.quality import CUBE, FILE, Finding
@@ -31,10 +32,9 @@ from lib.staging import (
     commit_batch,
     commit_prepare,
     commit_quarantine,
-    current_rows,
     manifest_split,
     nativize_staging,
-    rows_since,
+    staged_since_start,
 )
 from lib.state import CubeState, open_cube
 from lib.storage import object_store, source_registry
@@ -80,6 +80,7 @@ class CubeRun:
         self.plan_: Plan | None = None
         self.findings: list[Finding] = []
         self.staged: str | None = None
+        self.quarantine_etags: dict[str, str] = {}
         self._spool: Spool | None = None
         self._executor: Executor | None = None
 
@@ -196,7 +197,21 @@ class CubeRun:
         for url, entry in plan.entries.items():
             s.skipped += [{"url": url, "variable": v, "reason": r} for v, r in entry.skipped]
             s.notes += [f"{url}: {n}" for n in entry.notes]
+        if self.write:
+            self._release_listing()
         return {"accepted": plan.accepted, "quarantined": len(plan.quarantined), "dims": s.dims}
+
+    def _release_listing(self) -> None:
+        """Once planned, a writing run keeps per object only its URL: entries and placements go to the
+        spool, and the listing and the parse results are dropped, so memory stays flat as archives grow."""
+        assert self.plan_ is not None
+        quarantined = self.plan_.quarantined
+        self.quarantine_etags = {o.url: o.etag for o in self.discovery.pending if o.url in quarantined}
+        self.plan_.spill(self.spool)
+        self.parsed = []
+        self.batches = [[] for _ in self.batches]
+        self.discovery.pending = []
+        release()
 
     def through_plan(self) -> Plan | None:
         """Open, discover, parse every batch and plan: all of ``icefloe plan``, and how a write starts."""
@@ -214,7 +229,7 @@ class CubeRun:
         plan = self.plan_
         if plan.schema is None or (not plan.accepted and not plan.quarantined):
             return None
-        etags = {o.url: o.etag for o in self.discovery.pending}
+        etags = self.quarantine_etags if plan.spilled else {o.url: o.etag for o in self.discovery.pending}
         if plan.fresh:  # sessions opened from now on write manifests split to match the batches
             self.repo = set_manifest_splitting(self.repo, manifest_split(plan, self.spec.execution.batch_size))
         self.staged = commit_prepare(self.repo, self.spec, self.state, plan, self.spool, self.info, etags)
@@ -237,6 +252,7 @@ class CubeRun:
         )
         self.staged = snapshot or self.staged
         self.summary.refs += refs
+        release()  # the batch's fragments and Icechunk's session are gone: give their pages back
         return refs
 
     @storage_step
@@ -306,13 +322,14 @@ class CubeRun:
                 if f.scope == FILE:
                     quarantined.update({u: f.message for u in f.urls})
             s.quarantined = [{"url": u, "reason": r} for u, r in quarantined.items()]
-            s.ingested = len([u for u in plan.placements if u not in quarantined])
+            s.ingested = len([u for u in plan.placed_urls() if u not in quarantined])
         if error is None and self.state is not None and self.state.resumed and self.repo is not None:
             # objects an interrupted run staged and this one published: they reach main now
-            staged = current_rows(rows_since(self.repo, self.spec, self.state))
-            resumed = {u for u, r in staged.items() if r.status == INGESTED} - set(plan.placements if plan else ())
-            s.ingested += len(resumed)
-            s.unchanged -= len(resumed)
+            placed = plan.placed_urls() if plan else set()
+            staged = staged_since_start(self.repo, self.spec, self.state)
+            resumed = sum(1 for r in staged if r.status == INGESTED and r.url not in placed)
+            s.ingested += resumed
+            s.unchanged -= resumed
         s.findings = [f.to_json() for f in self.findings]
         if error is None and plan is not None and plan.schema is None and s.quarantined:
             error = f"every one of the {len(s.quarantined)} pending object(s) was quarantined: nothing was published"

@@ -8,7 +8,7 @@ the run started from, so a rerun after a crash can tell whether staging's work c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,9 +23,9 @@ from lib.ledger import (
     QUARANTINED,
     LedgerRow,
     append_rows,
+    iter_current,
     now,
     read_ledger,
-    read_rows,
     read_schema,
     write_schema,
 )
@@ -49,7 +49,7 @@ __all__ = [
     "commit_quarantine",
     "manifest_split",
     "quarantine_rows",
-    "rows_since",
+    "staged_since_start",
 ]
 
 
@@ -173,15 +173,15 @@ def commit_batch(
 ) -> tuple[str | None, int]:
     """Place one batch's references and ledger rows in one staging commit; returns (snapshot, refs)."""
     assert plan.schema is not None
-    urls = set(plan.batches[batch])
-    if not urls:
+    planned = {entry.url: (entry, placement) for entry, placement in plan.batch_items(spool, batch)}
+    if not planned:
         return None, 0
-    fragments = [f for f in spool.read(batch) if f.url in urls]
-    items = [BatchItem(plan.placements[f.url], f, plan.entries[f.url].checksum) for f in fragments]
+    fragments = [f for f in spool.read(batch) if f.url in planned]
+    items = [BatchItem(planned[f.url][1], f, planned[f.url][0].checksum) for f in fragments]
     session = repo.writable_session(spec.repo.staging)
     refs = place_batch(session, plan.schema, items, workers=workers)
     at = now()
-    append_rows(session.store, [ledger_row(plan.entries[i.placement.url], i.placement, run.run_id, at) for i in items])
+    append_rows(session.store, [ledger_row(*planned[i.placement.url], run.run_id, at) for i in items])
     if before_commit is not None:
         before_commit()  # a crash here loses this batch's uncommitted refs, never a committed one
     snapshot = commit_session(
@@ -192,14 +192,9 @@ def commit_batch(
     return snapshot, refs
 
 
-def rows_since(repo: icechunk.Repository, spec: Spec, state: CubeState) -> list[LedgerRow]:
-    """The ledger rows this update added on staging (resumed batches included)."""
-    store = repo.readonly_session(branch=spec.repo.staging).store
-    return read_rows(store, state.ledger_base)
-
-
-def current_rows(rows: list[LedgerRow]) -> dict[str, LedgerRow]:
-    return {r.url: r for r in rows}
+def staged_since_start(repo: icechunk.Repository, spec: Spec, state: CubeState) -> Iterator[LedgerRow]:
+    """The current rows of the objects this update recorded on staging (resumed batches included)."""
+    return iter_current(repo.readonly_session(branch=spec.repo.staging).store, state.ledger_base)
 
 
 def check_staging(
@@ -214,8 +209,8 @@ def check_staging(
         return snapshot, []
     axes = read_axes(store, schema)
     findings = structural_findings(store, schema, axes, spec.checks.monotonic, spec.checks.regular)
-    added = [r for r in current_rows(read_rows(store, state.ledger_base)).values() if r.status == INGESTED]
-    candidates = [SpotSample(_placement_of(r, axes), r.format, r.layout) for r in added]
+    added = (r for r in iter_current(store, state.ledger_base) if r.status == INGESTED)
+    candidates = (SpotSample(_placement_of(r, axes), r.format, r.layout) for r in added)
     samples = choose_samples(candidates, spec.checks.spot_check.files, seed=seed)
     findings += spot_check(
         store, schema, samples, registry, chunks_per_variable=spec.checks.spot_check.chunks_per_variable, seed=seed

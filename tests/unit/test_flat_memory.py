@@ -1,0 +1,124 @@
+"""The pieces that keep a run's memory flat as the archive grows: the ledger read a chunk at a time,
+spot-check samples drawn in one pass, and the plan's per-file entries waiting in the spool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import icechunk
+import pytest
+
+from lib import ledger
+from lib.layout import Axes, Placement
+from lib.ledger import INGESTED, QUARANTINED, LedgerRow, append_rows, iter_current, read_ledger
+from lib.planning import Plan
+from lib.quality import SpotSample, choose_samples
+from lib.spool import Spool
+from lib.validation import FileEntry
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> icechunk.IcechunkStore:
+    monkeypatch.setattr(ledger, "LEDGER_CHUNK", 7)  # several chunks, with rows of one URL in different ones
+    repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(tmp_path / "repo")))
+    return repo.writable_session("main").store
+
+
+def test_iter_current_is_the_newest_row_of_each_url(store: icechunk.IcechunkStore) -> None:
+    rows = [LedgerRow(f"file:///a/{i % 9}.nc", f"e{i}", INGESTED if i % 4 else QUARANTINED) for i in range(40)]
+    append_rows(store, rows[:25])
+    append_rows(store, rows[25:])
+    newest = {r.url: r for r in rows}
+    assert {r.url: r for r in iter_current(store)} == newest == read_ledger(store)
+    assert len(list(iter_current(store))) == 9
+    since = {r.url: r for r in rows[30:]}  # from a start position: only what was recorded since
+    assert {r.url: r for r in iter_current(store, 30)} == since
+
+
+def test_a_ledger_row_survives_its_json() -> None:
+    row = LedgerRow(
+        "s3://bucket/a b.nc",
+        '"9b2cf535f27731c974343645a3985328"',
+        INGESTED,
+        size=12,
+        fields={"member": 3, "tag": "x"},
+        ranges={"time": [4, 8]},
+        digests={"lat": "abc"},
+        refs=8,
+    )
+    assert LedgerRow.from_json(row.to_json()) == row
+
+
+def _samples(n: int, layouts: int) -> list[SpotSample]:
+    return [SpotSample(Placement(f"u{i}", (i,), ()), "hdf5", f"layout{i % layouts}") for i in range(n)]
+
+
+def test_samples_come_from_one_pass_with_every_layout() -> None:
+    candidates = [*_samples(1000, 3), SpotSample(Placement("odd", (0,), ()), "fits", "rare")]
+    picked = choose_samples(iter(candidates), 10, seed=1)  # an iterator: it is read once
+    assert len(picked) == 10
+    assert len({p.placement.url for p in picked}) == 10
+    assert {p.layout_key for p in picked} == {"layout0", "layout1", "layout2", "rare"}
+    again = choose_samples(iter(candidates), 10, seed=1)
+    assert [p.placement.url for p in again] == [p.placement.url for p in picked]
+    other = choose_samples(iter(candidates), 10, seed=2)
+    assert [p.placement.url for p in other] != [p.placement.url for p in picked]
+
+
+def test_few_candidates_are_all_checked() -> None:
+    few = _samples(4, 2)
+    assert choose_samples(iter(few), 10) == few
+    assert choose_samples(iter(_samples(50, 2)), "all") == _samples(50, 2)
+
+
+def _entry(url: str) -> FileEntry:
+    return FileEntry(
+        url=url,
+        etag="e",
+        size=1,
+        checksum="e",
+        fields=(),
+        format="hdf5",
+        parser="fast",
+        schema_key="s",
+        layout_key="l",
+        concat={},
+        shared={},
+        cell={},
+        ref_count=4,
+    )
+
+
+def test_a_spilled_plan_gives_back_each_batch(tmp_path: Path) -> None:
+    urls = [f"file:///a/{i}.nc" for i in range(10)]
+    batches = [urls[:4], [], urls[4:]]
+    placements = {u: Placement(u, (), (("time", i, i + 1),)) for i, u in enumerate(urls)}
+    plan = Plan(
+        schema=None,
+        axes=Axes(),
+        fresh=True,
+        placements=placements,
+        entries={u: _entry(u) for u in urls},
+        batches=batches,
+        shared_source=urls[0],
+    )
+    before = [plan.batch_items(Spool(tmp_path), b) for b in range(3)]
+    with Spool(tmp_path) as spool:
+        plan.spill(spool)
+        assert plan.accepted == 10 and plan.placed_urls() == set(urls)
+        assert list(plan.entries) == [urls[0]]  # only the shared source's entry stays in memory
+        after = [plan.batch_items(spool, b) for b in range(3)]
+    assert [[(e.url, p) for e, p in items] for items in after] == [[(e.url, p) for e, p in items] for items in before]
+    assert [len(items) for items in after] == [4, 0, 6]
+
+
+def test_malloc_arenas_are_capped_unless_the_environment_says_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lib import memory
+
+    if memory._glibc() is None:
+        pytest.skip("not glibc: icefloe leaves the allocator alone there")
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert memory.limit_arenas() is True
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert memory.limit_arenas() is False
+    memory.release()
