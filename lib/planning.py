@@ -340,14 +340,15 @@ def summarize_objects(
     return out
 
 
-def _compact(entry: FileEntry, shared: dict[str, Any]) -> None:
+def _compact(entry: FileEntry, shared: dict[Any, Any]) -> None:
     """Share what files have in common (digests, keys, decoding attributes) instead of a copy per file:
     the run keeps an entry per file, so its size is the run's memory per file."""
     entry.schema_key = sys.intern(entry.schema_key)
     entry.layout_key = sys.intern(entry.layout_key)
     entry.format, entry.parser = sys.intern(entry.format), sys.intern(entry.parser)
-    entry.shared = {sys.intern(k): sys.intern(v) for k, v in entry.shared.items()}
-    entry.cell = {sys.intern(k): sys.intern(v) for k, v in entry.cell.items()}
+    # files of one cube mostly carry the same digests: one dict for all of them (never mutated)
+    entry.shared = shared.setdefault(("shared", *sorted(entry.shared.items())), entry.shared)
+    entry.cell = shared.setdefault(("cell", *sorted(entry.cell.items())), entry.cell)
     for coord in entry.concat.values():
         key = repr(sorted(coord.attrs.items()))
         coord.attrs = shared.setdefault(key, coord.attrs)
@@ -373,7 +374,7 @@ def parse_objects(
     chunks = _split(objects, max(1, executor.workers) * 2)
     out = ParsedBatch(batch=batch)
     spooled: list[Fragment] = []
-    shared: dict[str, Any] = {}
+    shared: dict[Any, Any] = {}
 
     def absorb(summary: SummarizedBatch) -> None:
         for key, schema in summary.schemas.items():
