@@ -221,7 +221,7 @@ def _ref_calls(items: Iterable[BatchItem], schema: CubeSchema, refs_for: set[str
         placement = item.placement
         ranges = {d: a for d, a, _ in placement.ranges}
         arrays = item.fragment.arrays
-        for path, ndim, pad, concat_axes, padded in layout:
+        for path, ndim, leading, concat_axes, padded in layout:
             frag = arrays[path]
             lengths = frag.lengths.ravel()
             count = int(np.count_nonzero(lengths))
@@ -237,7 +237,7 @@ def _ref_calls(items: Iterable[BatchItem], schema: CubeSchema, refs_for: set[str
             calls.append(
                 RefCall(
                     path,
-                    pad + frag.lengths.shape,
+                    leading + frag.lengths.shape,
                     locations,
                     frag.offsets.ravel().astype(np.uint64, copy=False),
                     lengths.astype(np.uint64, copy=False),
