@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lib.assembly import cube_shape
+from lib.errors import StorageError, store_failure
 from lib.layout import Axes, Placement
 from lib.parsing.readers import open_source
 from lib.validation import CELL, DATA, CubeSchema, VariableSchema
@@ -275,7 +276,12 @@ def spot_check(
                             break
                 finally:
                     close()
-        except Exception as e:  # a file that cannot be read back natively cannot be vouched for
+        except Exception as e:
+            failure = store_failure(e)
+            if isinstance(failure, StorageError) and "checksum" not in str(e).lower():
+                # throttling or an outage is the store's doing, not the file's: the check step is retried
+                raise failure from e
+            # a file that cannot be read back natively cannot be vouched for
             problem = f"it could not be read back with its own library ({type(e).__name__}: {e})"
         if problem:
             findings.append(Finding("spot_check", FILE, f"'{p.url}': {problem}", [p.url]))

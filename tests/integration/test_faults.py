@@ -87,7 +87,7 @@ def test_throttling_and_server_errors_are_retried_to_success(
         proxy.fail(lambda m, p: m == "GET" and "/archive/" in p, status=200, times=2, delay=3.0),  # slow answers
     ]
     code, out = icefloe(icefloe_cli, "build", spec_path)
-    assert code == 0, out
+    assert code == 0, (out.get("quarantined"), out.get("findings"), out.get("error"))
     assert [r.hits for r in rules] == [r.times for r in rules]  # every fault was really served
     assert out["ingested"] == 6 and not out["quarantined"]
     assert_exactly_once(spec, s3_bucket, root)
