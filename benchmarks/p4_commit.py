@@ -53,7 +53,8 @@ SCRIPT = textwrap.dedent("""
                 concat={"time": np.arange(steps, dtype="i8")})
     schema.concat_encoding = {"time": {"units": "days since 2000-01-01", "calendar": "proleptic_gregorian", "dtype": "<i8"}}
 
-    def url(i): return f"file://{work}/src/f{i:08d}.nc"
+    base = f"file://{work}/src/"
+    def url(i): return f"{base}f{i:08d}.nc"
     def where(i): return divmod(i // steps, months), i % steps
 
     class Lazy(dict):
@@ -98,7 +99,6 @@ SCRIPT = textwrap.dedent("""
         for b in range(n_batches):
             _, r = commit_batch(repo, spec, state, plan, Spool(), b, info, workers=2)
             refs += r
-            plan.batches[b] = []  # a batch's URLs are not needed once committed
     else:
         # Icechunk's own API on the same arrays and commits, without the pipeline around it
         per_var = [(v.path, (1, 1) + frag.arrays[v.path].lengths.shape, frag.arrays[v.path].offsets.ravel().astype("u8"),

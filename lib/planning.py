@@ -69,11 +69,11 @@ class Plan:
     shared_source: str | None = None
     replaced: set[str] = field(default_factory=set)
     spilled: bool = False
-    _spilled_count: int = 0
 
     @property
     def accepted(self) -> int:
-        return self._spilled_count if self.spilled else len(self.placements)
+        """How many files the plan places (``batches`` holds each placed URL once)."""
+        return sum(map(len, self.batches))
 
     def placed_urls(self) -> set[str]:
         return {url for batch in self.batches for url in batch}
@@ -84,7 +84,6 @@ class Plan:
             return
         for b, urls in enumerate(self.batches):
             spool.write(b, [(self.entries[u], self.placements[u]) for u in urls], kind="plan")
-        self._spilled_count = len(self.placements)
         keep = [self.shared_source] if self.shared_source else []
         self.entries = {u: self.entries[u] for u in keep}
         self.placements = {u: self.placements[u] for u in keep}

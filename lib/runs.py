@@ -316,16 +316,17 @@ class CubeRun:
         """The run's summary, with the counts of what was placed and refused."""
         s = self.summary
         plan = self.plan_
+        placed: set[str] = set()
         if plan is not None:
             quarantined = dict(plan.quarantined)
             for f in self.findings:
                 if f.scope == FILE:
                     quarantined.update({u: f.message for u in f.urls})
             s.quarantined = [{"url": u, "reason": r} for u, r in quarantined.items()]
-            s.ingested = len([u for u in plan.placed_urls() if u not in quarantined])
+            placed = plan.placed_urls()
+            s.ingested = len(placed - quarantined.keys())
         if error is None and self.state is not None and self.state.resumed and self.repo is not None:
             # objects an interrupted run staged and this one published: they reach main now
-            placed = plan.placed_urls() if plan else set()
             staged = staged_since_start(self.repo, self.spec, self.state)
             resumed = sum(1 for r in staged if r.status == INGESTED and r.url not in placed)
             s.ingested += resumed

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -180,8 +181,17 @@ def container_credentials(spec: Spec) -> dict[str, Any]:
     return icechunk.containers_credentials({prefix: credential})
 
 
+_PLAIN_URL = re.compile(r"(?:file|s3)://[A-Za-z0-9/!$&'()*+,;=:@ ~._-]*")  # nothing to encode (no '%' either)
+
+
 def ref_location(url: str) -> str:
     """A chunk ref's location: the object URL with the characters URLs reserve percent-encoded."""
+    if _PLAIN_URL.fullmatch(url):  # the common case, on a build's per-file hot path
+        return url
+    return _encoded(url)
+
+
+def _encoded(url: str) -> str:
     loc = parse_location(url)
     return url[: len(url) - len(loc.key)] + quote(loc.key, safe="/!$&'()*+,;=:@ ~-._")
 

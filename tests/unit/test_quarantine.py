@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from lib import quality
+from lib.errors import StorageError
 from lib.runs import CubeRun
 from tests.helpers import dataset, file_url, locations, make_spec, open_cube, run_cube, write_nc4
 
@@ -244,3 +246,38 @@ def test_spot_check_catches_a_wrong_reference(workdir: Path) -> None:
         ref = xr.open_dataset(f).load()
         xr.testing.assert_identical(cube.tas.sel(time=ref.time), ref.tas)
     assert bool(cube.tas.sel(time=xr.open_dataset(files[1]).time).isnull().all())
+
+
+def test_a_store_failure_during_the_spot_check_is_retried_not_blamed_on_the_file(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = good_files(workdir, n=3)
+    spec = make_spec(workdir, "d*.nc", extra="checks:\n  spot_check: {files: all}\n")
+    run = CubeRun(spec, "build", str(uuid.uuid4()))
+
+    def outage(url: str, registry: object) -> None:  # what obstore raises when the connection drops
+        raise ConnectionError(f"connection reset by peer while reading '{url}'")
+
+    def unreadable(url: str, registry: object) -> None:  # what h5py raises for a file it cannot open
+        raise OSError(f"Unable to synchronously open file (truncated file: '{url}')")
+
+    try:
+        run.open()
+        run.discover()
+        for b in range(len(run.batches)):
+            run.parse(b)
+        run.plan()
+        run.prepare()
+        for b in range(len(run.batches)):
+            run.commit(b)
+        staged = run.repo.lookup_branch(spec.repo.staging)  # type: ignore[union-attr]
+        monkeypatch.setattr(quality, "open_source", outage)
+        with pytest.raises(StorageError, match="connection reset by peer"):
+            run.check()  # raised for the check step's retry; no file is taken out
+        assert run.repo.lookup_branch(spec.repo.staging) == staged  # type: ignore[union-attr]
+        monkeypatch.setattr(quality, "open_source", unreadable)
+        findings = run.check()  # a file its own library cannot read is the file's problem
+    finally:
+        run.close()
+    assert sorted(u for f in findings for u in f["urls"]) == sorted(file_url(f) for f in files)
+    assert all("could not be read back with its own library (OSError" in f["message"] for f in findings)
