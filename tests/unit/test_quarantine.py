@@ -262,11 +262,7 @@ def test_a_store_failure_during_the_spot_check_is_retried_not_blamed_on_the_file
         raise OSError(f"Unable to synchronously open file (truncated file: '{url}')")
 
     try:
-        run.open()
-        run.discover()
-        for b in range(len(run.batches)):
-            run.parse(b)
-        run.plan()
+        run.through_plan()
         run.prepare()
         for b in range(len(run.batches)):
             run.commit(b)
