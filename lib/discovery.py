@@ -19,7 +19,16 @@ import parse
 
 from lib.errors import SpecError, StorageError, store_failure
 
-__all__ = ["Discovery", "Pattern", "SourceObject", "classify_objects", "compile_pattern", "list_sources"]
+__all__ = [
+    "HEAD_LIMIT",
+    "Discovery",
+    "Pattern",
+    "SourceObject",
+    "classify_objects",
+    "compile_pattern",
+    "head_sources",
+    "list_sources",
+]
 
 
 @parse.with_pattern(r"[^/]*")
@@ -199,6 +208,59 @@ def list_sources(source_url: str, store: Any, pattern: Pattern) -> tuple[list[So
         raise type(failure)(f"cannot list {source_url}: {failure}") from e
     found.sort(key=lambda o: (tuple(v for _, v in o.fields), o.url))
     return found, unsafe
+
+
+# Named objects are looked up one request each, up to this many; more are cheaper to find by listing.
+HEAD_LIMIT = 256
+
+
+def head_sources(
+    source_url: str, store: Any, pattern: Pattern, urls: Iterable[str]
+) -> tuple[list[SourceObject], list[str], list[str]]:
+    """Look up named objects one by one instead of listing the whole source (an ingest of a few new objects).
+
+    Returns what :func:`list_sources` returns for those URLs, sorted the same way, plus the URLs that are
+    not in the source or do not match the pattern.
+
+    Raises
+    ------
+    StorageError
+        A lookup failed for another reason than a missing object (unreachable endpoint, no access).
+    """
+    import obstore
+
+    found: list[SourceObject] = []
+    unsafe: list[str] = []
+    missing: list[str] = []
+    root = os.path.realpath(source_url.removeprefix("file://")) if source_url.startswith("file://") else None
+    for url in sorted(set(urls)):
+        path = url.removeprefix(source_url) if url.startswith(source_url) else None
+        values = pattern.match(path) if path else None
+        if path is None or values is None:
+            missing.append(url)
+            continue
+        if not _safe_key(path) or (root is not None and not _inside(root, path)):
+            unsafe.append(url)
+            continue
+        try:
+            meta = obstore.head(store, path)
+        except FileNotFoundError:
+            missing.append(url)
+            continue
+        except Exception as e:  # obstore raises its own error types for network and permission failures
+            failure = store_failure(e) or StorageError(f"{type(e).__name__}: {e}")
+            raise type(failure)(f"cannot look up {url}: {failure}") from e
+        found.append(
+            SourceObject(
+                url=url,
+                etag=str(meta.get("e_tag") or ""),
+                size=int(meta["size"]),
+                last_modified=meta["last_modified"],
+                fields=tuple(values.items()),
+            )
+        )
+    found.sort(key=lambda o: (tuple(v for _, v in o.fields), o.url))
+    return found, unsafe, missing
 
 
 @dataclass

@@ -25,6 +25,7 @@ __all__ = [
     "iter_current",
     "iter_rows",
     "read_ledger",
+    "read_ledger_index",
     "read_rows",
     "read_schema",
     "write_schema",
@@ -93,8 +94,7 @@ def _group(store: Any, create: bool = False) -> Any:
     return root.create_group(META_GROUP, attributes={"description": "icefloe's ledger and cube schema"})
 
 
-def iter_rows(store: Any, start: int = 0) -> Iterator[LedgerRow]:
-    """Ledger rows from position ``start`` on, oldest first, decoded a chunk at a time."""
+def _iter_texts(store: Any, start: int = 0) -> Iterator[str]:
     group = _group(store)
     if group is None or "ledger" not in group:
         return
@@ -102,7 +102,13 @@ def iter_rows(store: Any, start: int = 0) -> Iterator[LedgerRow]:
     size = int(array.shape[0])
     for lo in range(start, size, LEDGER_CHUNK):
         for text in array[lo : min(size, lo + LEDGER_CHUNK)]:
-            yield LedgerRow.from_json(str(text))
+            yield str(text)
+
+
+def iter_rows(store: Any, start: int = 0) -> Iterator[LedgerRow]:
+    """Ledger rows from position ``start`` on, oldest first, decoded a chunk at a time."""
+    for text in _iter_texts(store, start):
+        yield LedgerRow.from_json(text)
 
 
 def read_rows(store: Any, start: int = 0) -> list[LedgerRow]:
@@ -131,7 +137,35 @@ def ledger_size(store: Any) -> int:
 
 def read_ledger(store: Any) -> dict[str, LedgerRow]:
     """Each object's current state: its newest row."""
-    return {row.url: row for row in read_rows(store)}
+    return {row.url: row for row in iter_rows(store)}
+
+
+def read_ledger_index(store: Any) -> dict[str, LedgerRow]:
+    """Each object's current state, with only what planning an update needs.
+
+    The rows keep url, etag, status, fields, ranges and digests; the rest (reason, run, checksum...)
+    is left empty. Rows of one cell share one ``fields`` dict and equal digests one ``digests`` dict
+    (none of them is ever changed). An ingest into a large cube holds this for every object in it,
+    so it is kept small: see ``benchmarks/RESULTS.md`` (P5) for the measured size per object.
+    """
+    shared: dict[tuple[Any, ...], Any] = {}
+    statuses = {s: s for s in (INGESTED, QUARANTINED, REMOVED)}
+    index: dict[str, LedgerRow] = {}
+    for text in _iter_texts(store):
+        data = orjson.loads(text)
+        fields, ranges, digests = data.get("fields", {}), data.get("ranges"), data.get("digests", {})
+        index[data["url"]] = LedgerRow(
+            url=data["url"],
+            etag=data.get("etag", ""),
+            status=statuses.get(data["status"], data["status"]),
+            fields=shared.setdefault(("fields", *fields.items()), fields),
+            ranges=ranges or _EMPTY,
+            digests=shared.setdefault(("digests", *sorted(digests.items())), digests),
+        )
+    return index
+
+
+_EMPTY: dict[str, Any] = {}  # shared by index rows without ranges; never changed
 
 
 def append_rows(store: Any, rows: list[LedgerRow]) -> int:

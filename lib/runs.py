@@ -14,7 +14,15 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
-from lib.discovery import Discovery, SourceObject, classify_objects, compile_pattern, list_sources
+from lib.discovery import (
+    HEAD_LIMIT,
+    Discovery,
+    SourceObject,
+    classify_objects,
+    compile_pattern,
+    head_sources,
+    list_sources,
+)
 from lib.errors import PublishBlocked, StorageError, storage_step
 from lib.executors import Executor, make_executor
 from lib.faults import checkpoint
@@ -129,17 +137,21 @@ class CubeRun:
 
     @storage_step
     def discover(self) -> dict[str, int]:
-        """List the source and sort its objects against the ledger; split the pending ones into batches."""
+        """List the source (or look up the named objects) and sort them against the ledger; batch the pending."""
         assert self.state is not None
         store = object_store(self.spec.source.url, self.spec.source.storage)
-        objects, unsafe = list_sources(self.spec.source.url, store, self.pattern)
-        if self.urls is not None:
-            listed = {o.url for o in objects}
-            missing = sorted(self.urls - listed)
-            if missing:
-                raise StorageError(
-                    f"{len(missing)} named object(s) are not in the source or do not match the pattern: {missing[:3]}"
-                )
+        missing: list[str] = []
+        if self.urls is not None and len(self.urls) <= HEAD_LIMIT:  # a few named objects: no full listing
+            objects, unsafe, missing = head_sources(self.spec.source.url, store, self.pattern, self.urls)
+        else:
+            objects, unsafe = list_sources(self.spec.source.url, store, self.pattern)
+            if self.urls is not None:  # a named run reports (and quarantines) only the unsafe keys it named
+                unsafe = [u for u in unsafe if u in self.urls]
+                missing = sorted(self.urls - {o.url for o in objects} - set(unsafe))
+        if missing:
+            raise StorageError(
+                f"{len(missing)} named object(s) are not in the source or do not match the pattern: {missing[:3]}"
+            )
         self.discovery = classify_objects(objects, self.state.ledger, replace=self.replace, only=self.urls)
         self.discovery.unsafe = unsafe
         size = self.spec.execution.batch_size

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lib.layout import Axes
-from lib.ledger import LedgerRow, ledger_size, read_ledger, read_schema
+from lib.ledger import LedgerRow, ledger_size, read_ledger_index, read_schema
 from lib.repository import branch_state, reset_branch
 from lib.spec import Spec, spec_digest
 from lib.validation import CubeSchema
@@ -36,7 +36,7 @@ class CubeState:
     fresh: bool
     schema: CubeSchema | None
     axes: Axes | None
-    ledger: dict[str, LedgerRow] = field(default_factory=dict)
+    ledger: dict[str, LedgerRow] = field(default_factory=dict)  # current rows, trimmed (read_ledger_index)
     ledger_base: int = 0
     spec_digest: str = ""
 
@@ -109,7 +109,7 @@ def open_cube(repo: icechunk.Repository, spec: Spec, operation: str) -> CubeStat
         fresh=False,
         schema=schema,
         axes=read_axes(store, schema),
-        ledger=read_ledger(store),
+        ledger=read_ledger_index(store),
         ledger_base=base,
         spec_digest=digest,
     )

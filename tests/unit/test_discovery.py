@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.discovery import classify_objects, compile_pattern, list_sources
+from lib.discovery import classify_objects, compile_pattern, head_sources, list_sources
 from lib.errors import StorageError
 from lib.ledger import LedgerRow
 from lib.storage import object_store
@@ -48,6 +48,24 @@ def test_listing_matches_sorts_and_ignores_the_rest(tmp_path: Path) -> None:
     assert [o.field_values for o in found] == [{"polygon": 2}, {"polygon": 2}, {"polygon": 10}]
     assert all(o.size == 3 and o.etag for o in found)
     assert unsafe == []
+
+
+def test_named_objects_are_looked_up_like_the_listing_finds_them(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    for rel in ["polygon_10/a.nc", "polygon_2/b.nc", "polygon_2/a.nc", "polygon_2/notes.txt"]:
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        (source / rel).write_bytes(b"x" * 3)
+    (tmp_path / "secret.nc").write_bytes(b"s")
+    (source / "polygon_2" / "link.nc").symlink_to(tmp_path / "secret.nc")  # leads out of the source
+    url = f"file://{source}/"
+    store, pattern = object_store(url), compile_pattern("polygon_{polygon:d}/*.nc")
+    listed, listed_unsafe = list_sources(url, store, pattern)
+    named = [url + "polygon_10/a.nc", url + "polygon_2/a.nc", url + "polygon_2/link.nc"]
+    outside = [url + "polygon_2/gone.nc", url + "polygon_2/notes.txt", f"file://{tmp_path}/secret.nc"]
+    found, unsafe, missing = head_sources(url, store, pattern, named + outside)
+    assert found == [o for o in listed if o.url in named]  # same etag, size, time, fields, order
+    assert unsafe == listed_unsafe == [url + "polygon_2/link.nc"]
+    assert missing == sorted(outside)
 
 
 def test_listing_a_missing_directory_is_a_storage_error(tmp_path: Path) -> None:

@@ -10,7 +10,15 @@ import pytest
 
 from lib import ledger
 from lib.layout import Axes, Placement
-from lib.ledger import INGESTED, QUARANTINED, LedgerRow, append_rows, iter_current, read_ledger
+from lib.ledger import (
+    INGESTED,
+    QUARANTINED,
+    LedgerRow,
+    append_rows,
+    iter_current,
+    read_ledger,
+    read_ledger_index,
+)
 from lib.planning import Plan
 from lib.quality import SpotSample, choose_samples
 from lib.spool import Spool
@@ -33,6 +41,43 @@ def test_iter_current_is_the_newest_row_of_each_url(store: icechunk.IcechunkStor
     assert len(list(iter_current(store))) == 9
     since = {r.url: r for r in rows[30:]}  # from a start position: only what was recorded since
     assert {r.url: r for r in iter_current(store, 30)} == since
+
+
+def test_the_ledger_index_keeps_what_planning_needs(store: icechunk.IcechunkStore) -> None:
+    rows = [
+        LedgerRow(
+            f"file:///a/{i % 12}.nc",
+            f"e{i}",
+            QUARANTINED if i % 5 == 0 else INGESTED,
+            size=100 + i,
+            reason="bad" if i % 5 == 0 else "",
+            fields={"member": i % 3, "tag": "x"},
+            ranges={"time": [i, i + 1]},
+            checksum=f"c{i}",
+            parser="fast",
+            format="hdf5",
+            refs=8,
+            layout="L",
+            digests={"lat": "abc", "lon": "def"} if i % 2 else {},
+            run="r1",
+            at="2026-11-29T00:00:00Z",
+        )
+        for i in range(30)
+    ]
+    append_rows(store, rows)
+    full, index = read_ledger(store), read_ledger_index(store)
+    assert list(index) == list(full)  # same objects, same order
+    for url, row in full.items():
+        kept = index[url]
+        assert (kept.url, kept.etag, kept.status) == (row.url, row.etag, row.status)
+        assert (kept.fields, kept.ranges, kept.digests) == (row.fields, row.ranges, row.digests)
+        assert (kept.reason, kept.run, kept.checksum, kept.size) == ("", "", "", 0)  # not kept
+    by_member: dict[int, LedgerRow] = {}
+    for kept in index.values():  # rows of one cell share their fields, equal digests one dict
+        first = by_member.setdefault(kept.fields["member"], kept)
+        assert kept.fields is first.fields
+    digests = {id(r.digests) for r in index.values() if r.digests}
+    assert len(digests) == 1
 
 
 def test_a_ledger_row_survives_its_json() -> None:

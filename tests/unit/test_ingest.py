@@ -206,3 +206,30 @@ def test_maintain_expires_history_but_keeps_the_cube(cube: tuple[Spec, Path]) ->
     assert done["history_after"] < done["history_before"]
     assert_matches_files(spec, workdir)
     assert np.isfinite(open_cube(spec).tas.values).all()
+
+
+def test_an_ingest_of_named_objects_looks_them_up_without_listing(
+    cube: tuple[Spec, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import obstore
+
+    from lib.errors import StorageError
+
+    spec, workdir = cube
+    named, other = write_day(workdir, 1, 3), write_day(workdir, 2, 3)
+
+    def no_listing(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a run of a few named objects listed the whole source")
+
+    monkeypatch.setattr(obstore, "list", no_listing)
+    s = run_cube(spec, "ingest", urls=[file_url(named)])
+    assert s.exit_code == 0 and s.ingested == 1 and s.discovered == 1, s
+    assert file_url(named) in locations(spec) and file_url(other) not in locations(spec)
+    again = run_cube(spec, "ingest", urls=[file_url(named)])  # already in the cube, at the same etag
+    assert again.exit_code == 0 and again.ingested == 0 and again.unchanged == 1, again
+    with pytest.raises(StorageError, match="1 named object"):
+        run_cube(spec, "ingest", urls=[file_url(workdir / "archive" / "member_1" / "day_999.nc")])
+    monkeypatch.undo()
+    rest = run_cube(spec, "ingest")  # the listing finds the other one, and sees the named one as unchanged
+    assert rest.ingested == 1 and rest.unchanged == 7, rest
+    assert_matches_files(spec, workdir)
