@@ -165,6 +165,17 @@ def _inside(root: str, path: str) -> bool:
     return real == root or real.startswith(root.rstrip("/") + "/")
 
 
+def _source_object(url: str, meta: Any, values: dict[str, int | str]) -> SourceObject:
+    """A listed or looked-up object, from obstore's metadata of it."""
+    return SourceObject(
+        url=url,
+        etag=str(meta.get("e_tag") or ""),
+        size=int(meta["size"]),
+        last_modified=meta["last_modified"],
+        fields=tuple(values.items()),
+    )
+
+
 def list_sources(source_url: str, store: Any, pattern: Pattern) -> tuple[list[SourceObject], list[str]]:
     """List the objects under ``source_url`` that match ``pattern``, sorted by field values then URL.
 
@@ -192,15 +203,7 @@ def list_sources(source_url: str, store: Any, pattern: Pattern) -> tuple[list[So
                 if not _safe_key(path) or (root is not None and not _inside(root, path)):
                     unsafe.append(url)
                     continue
-                found.append(
-                    SourceObject(
-                        url=url,
-                        etag=str(meta.get("e_tag") or ""),
-                        size=int(meta["size"]),
-                        last_modified=meta["last_modified"],
-                        fields=tuple(values.items()),
-                    )
-                )
+                found.append(_source_object(url, meta, values))
     except FileNotFoundError as e:
         raise StorageError(f"cannot list {source_url}: it does not exist ({e})") from e
     except Exception as e:  # obstore raises its own error types for network and permission failures
@@ -250,15 +253,7 @@ def head_sources(
         except Exception as e:  # obstore raises its own error types for network and permission failures
             failure = store_failure(e) or StorageError(f"{type(e).__name__}: {e}")
             raise type(failure)(f"cannot look up {url}: {failure}") from e
-        found.append(
-            SourceObject(
-                url=url,
-                etag=str(meta.get("e_tag") or ""),
-                size=int(meta["size"]),
-                last_modified=meta["last_modified"],
-                fields=tuple(values.items()),
-            )
-        )
+        found.append(_source_object(url, meta, values))
     found.sort(key=lambda o: (tuple(v for _, v in o.fields), o.url))
     return found, unsafe, missing
 
