@@ -181,7 +181,8 @@ def container_credentials(spec: Spec) -> dict[str, Any]:
     return icechunk.containers_credentials({prefix: credential})
 
 
-_PLAIN_URL = re.compile(r"(?:file|s3)://[A-Za-z0-9/!$&'()*+,;=:@ ~._-]*")  # nothing to encode (no '%' either)
+_SAFE = "/!$&'()*+,;=:@ ~-._"  # kept as they are in a ref's location; everything else is percent-encoded
+_PLAIN_URL = re.compile(f"(?:file|s3)://[A-Za-z0-9{re.escape(_SAFE)}]*")  # nothing to encode (no '%' either)
 
 
 def ref_location(url: str) -> str:
@@ -193,7 +194,7 @@ def ref_location(url: str) -> str:
 
 def _encoded(url: str) -> str:
     loc = parse_location(url)
-    return url[: len(url) - len(loc.key)] + quote(loc.key, safe="/!$&'()*+,;=:@ ~-._")
+    return url[: len(url) - len(loc.key)] + quote(loc.key, safe=_SAFE)
 
 
 def checksum_for(url: str, etag: str | None, last_modified: dt.datetime | None) -> str | dt.datetime | None:
