@@ -92,7 +92,7 @@ def main() -> None:
         built = stack.icefloe("build", str(spec_path), "--json")
         assert built.returncode == 0, built.stderr[-3000:]
         stack.serve(spec_path, "--sweep-cron", "0 0 1 1 *")
-        wait_for("the deployments", lambda: stack.deployment_exists("ingest_objects", "latency-ingest"))
+        wait_for("the ingest deployment's trigger", lambda: stack.trigger_ready("ingest_objects", "latency-ingest"))
         time.sleep(3)
 
         from lib.ledger import INGESTED, read_rows

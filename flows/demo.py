@@ -143,7 +143,7 @@ def run_s3_demo(directory: Path, console: Any) -> dict[str, Any]:
         say(f"   {summary['ingested']} objects in the cube, dims {summary['dims']}")
         say("[bold]4.[/] serving the cube's deployments (build, event-triggered ingest, sweep, maintain)")
         stack.serve(spec_path)
-        wait_for("the served deployments", lambda: stack.deployment_exists("ingest_objects", "demo-s3-ingest"))
+        wait_for("the ingest deployment's trigger", lambda: stack.trigger_ready("ingest_objects", "demo-s3-ingest"))
         spec = load_spec(spec_path)
         os.environ.update(s3.env())
         new = []
@@ -169,6 +169,12 @@ def run_s3_demo(directory: Path, console: Any) -> dict[str, Any]:
 
         seconds = wait_for("the new tiles on main", on_main, timeout=300, poll=0.5)
         runs = stack.flow_runs("ingest_objects", "demo-s3-ingest")
+        if not runs:
+            raise IcefloeError(
+                "the new tiles reached main, but no run of the demo-s3-ingest deployment was triggered: the "
+                "event path (filer webhook → bridge → Prefect event → trigger) did not fire, and the sweep "
+                f"picked them up instead; see the bridge's log in {directory / 'stack'}"
+            )
         say(
             f"   on main {seconds:.1f} s after the uploads began (PUT → webhook → bridge → event → "
             f"{len(runs)} triggered flow run(s) → staging → checks → main)"

@@ -159,14 +159,19 @@ class LocalStack:
         client = stack.enter_context(get_client(sync_client=True))
         return stack, client
 
-    def deployment_exists(self, flow: str, name: str) -> bool:
+    def trigger_ready(self, flow: str, name: str) -> bool:
+        """Whether the deployment exists *and* its event trigger does.
+
+        ``prefect serve`` creates a deployment first and its automation a moment later; an event sent
+        in between matches nothing, so wait for this before sending the events a test or demo counts on.
+        """
         stack, client = self._client()
         with stack:
             try:
-                client.read_deployment_by_name(f"{flow}/{name}")
-                return True
+                dep = client.read_deployment_by_name(f"{flow}/{name}")
             except Exception:
                 return False
+            return bool(client.read_resource_related_automations(f"prefect.deployment.{dep.id}"))
 
     def flow_runs(self, flow: str, deployment: str) -> list[Any]:
         from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId

@@ -68,7 +68,7 @@ def test_put_to_main_through_events_then_lost_and_duplicated_events(cube: Cube) 
     assert set(cube.ingested()) == set(first)
 
     stack.serve(cube.spec_path, "--sweep-cron", "0 0 1 1 *")
-    wait_for("the served ingest deployment", lambda: stack.deployment_exists("ingest_objects", f"{NAME}-ingest"))
+    wait_for("the ingest deployment's trigger", lambda: stack.trigger_ready("ingest_objects", f"{NAME}-ingest"))
     new = [cube.put(0, 1, t) for t in (2, 3)]  # the filer's webhook reaches the bridge, the bridge Prefect
     wait_for("the new objects on main", lambda: set(new) <= set(cube.ingested()), 180)
     runs = stack.flow_runs("ingest_objects", f"{NAME}-ingest")
