@@ -92,7 +92,8 @@ def update_cube(
             finally:
                 run.close()
     report_run(summary, spec.name)
-    report_coverage(spec)
+    if summary.published:  # a run that moved nothing leaves the last map standing
+        report_coverage(spec)
     if summary.error:
         raise PublishBlocked(summary.error, summary.to_json())
     return summary.to_json()

@@ -119,10 +119,6 @@ class CubeRun:
         """Open (or, when writing, create) the repository and decide between resuming and starting clean."""
         from lib.state import CubeState
 
-        if self.write:
-            from lib.expectations import preload
-
-            preload()  # the checks need Great Expectations; import it while the run parses
         self.repo = open_repository(self.spec, create=self.write)
         if self.repo is None:  # a dry run on a cube that does not exist yet
             self.state = CubeState(self.operation, "", "", resumed=False, fresh=True, schema=None, axes=None)
@@ -157,6 +153,10 @@ class CubeRun:
         size = self.spec.execution.batch_size
         pending = self.discovery.pending
         self.batches = [pending[i : i + size] for i in range(0, len(pending), size)]
+        if self.write and pending:
+            from lib.expectations import preload
+
+            preload()  # the checks need Great Expectations (seconds to import); import it while the run parses
         s = self.summary
         s.discovered = self.discovery.discovered
         s.unchanged = len(self.discovery.unchanged) + len(self.discovery.known_bad)

@@ -26,6 +26,25 @@ def icefloe(cli: str, *args: str, cwd: Path | None = None) -> tuple[int, dict | 
     return p.returncode, out, p.stderr
 
 
+def flow_run_ids() -> set[str]:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return {str(r.id) for r in client.read_flow_runs()}
+
+
+def run_artifacts(flow_run: str) -> dict[str, str]:
+    """The artifacts of one flow run on the session's Prefect server, by key, as text."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run]))
+        )
+    return {a.key: str(a.data) for a in found if a.key}
+
+
 @pytest.fixture
 def demo_archive(workdir: Path) -> Path:
     shape = DemoShape(polygons=2, months=2, steps=2)
@@ -58,6 +77,19 @@ def test_plan_build_log_through_the_cli(prefect_server: str, icefloe_cli: str, d
     assert meta["operation"] == "build" and meta["flow_run"]  # each commit names its flow run
     code, _, err = icefloe(icefloe_cli, "log", str(demo_archive))
     assert code == 0 and "history of main" in err
+
+    # what the Prefect UI shows for the build: the summary, the quarantined objects, the coverage map
+    build_artifacts = run_artifacts(meta["flow_run"])
+    assert {"demo-summary", "demo-quarantined", "demo-coverage"} <= set(build_artifacts)
+    assert "step_0002.nc" in build_artifacts["demo-summary"] and "has chunks" in build_artifacts["demo-quarantined"]
+    assert "data:image/png;base64," in build_artifacts["demo-coverage"]
+    before = flow_run_ids()
+    code, out, err = icefloe(icefloe_cli, "ingest", str(demo_archive), "--json")
+    assert code == 0 and out["ingested"] == 0 and not out["published"], err
+    (noop,) = flow_run_ids() - before
+    noop_artifacts = run_artifacts(noop)
+    assert "nothing to publish" in noop_artifacts["demo-summary"]
+    assert "demo-coverage" not in noop_artifacts  # main did not move: the build's map still stands
 
     good = sorted(p for p in (demo_archive.parent / "archive").rglob("*.nc") if p.name != "step_0002.nc")
     assert locations(spec) == {file_url(p) for p in good}
