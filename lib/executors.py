@@ -66,6 +66,36 @@ class Executor:
         self.close()
 
 
+def _init_worker() -> None:
+    """Set up a parse worker process: cap malloc's arenas, and die with the process that started it."""
+    limit_arenas()
+    _exit_with_parent()
+
+
+def _exit_with_parent() -> None:
+    """Exit this worker when its parent goes, however it goes.
+
+    A killed run (SIGKILL, the OOM killer, a cancelled flow's process) cannot shut its pool down, and
+    the pool's workers would wait for work forever, holding memory and the run's stdout and stderr
+    (whoever reads those would never see them close). ``parent_process().sentinel`` becomes ready
+    when the parent is gone; a daemon thread waits on it and ends the process.
+    """
+    import multiprocessing
+    import threading
+    from multiprocessing.connection import wait
+
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+    sentinel = parent.sentinel
+
+    def watch() -> None:
+        wait([sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="icefloe-exit-with-parent", daemon=True).start()
+
+
 @dataclass
 class PoolExecutor(Executor):
     """Threads or processes from :mod:`concurrent.futures`; a process pool that breaks is rebuilt."""
@@ -87,7 +117,7 @@ class PoolExecutor(Executor):
 
                 # forkserver: workers never inherit the threads of Prefect's client or the event loop
                 self._pool = ProcessPoolExecutor(
-                    self.workers, mp_context=multiprocessing.get_context("forkserver"), initializer=limit_arenas
+                    self.workers, mp_context=multiprocessing.get_context("forkserver"), initializer=_init_worker
                 )
         return self._pool
 
