@@ -53,10 +53,19 @@ def _config(spec: Spec, existing: icechunk.RepositoryConfig | None = None) -> ic
     for container in virtual_containers(spec):
         config.set_virtual_chunk_container(container)
     config.caching = icechunk.CachingConfig(**CACHE)
-    # a few quick retries per request; longer outages are ridden out by the pipeline's step retries
-    retries = icechunk.StorageRetriesSettings(max_tries=5, initial_backoff_ms=200, max_backoff_ms=4000)
-    config.storage = icechunk.StorageSettings(retries=retries)
+    config.storage = _storage_settings()
     return config
+
+
+def _storage_settings() -> icechunk.StorageSettings:
+    """A few quick retries per request; longer outages are ridden out by the pipeline's step retries.
+
+    Icechunk's own default retries a refused connection for ~19 s before giving up.
+    """
+    import icechunk
+
+    retries = icechunk.StorageRetriesSettings(max_tries=5, initial_backoff_ms=200, max_backoff_ms=4000)
+    return icechunk.StorageSettings(retries=retries)
 
 
 def open_repository(spec: Spec, *, create: bool = False) -> icechunk.Repository | None:
@@ -74,7 +83,7 @@ def open_repository(spec: Spec, *, create: bool = False) -> icechunk.Repository 
 
     storage = repo_storage(spec)
     try:
-        exists = icechunk.Repository.exists(storage)
+        exists = icechunk.Repository.exists(storage, storage_settings=_storage_settings())
         if not exists:
             if not create:
                 return None
