@@ -78,6 +78,7 @@ def first_line(error: BaseException) -> str:
 
 _REFUSALS = ("nosuchbucket", "accessdenied", "forbidden", "invalidaccesskeyid", "signaturedoesnotmatch")
 _NOT_TRANSIENT = ("NotFoundError", "PermissionDeniedError", "UnauthenticatedError", "InvalidPathError")
+_NO_CREDENTIALS = ("no providers in chain provided credentials", "credential provider was not enabled")
 
 
 def store_failure(error: BaseException) -> IcefloeError | None:
@@ -95,6 +96,11 @@ def store_failure(error: BaseException) -> IcefloeError | None:
         return None
     line = first_line(error)
     text = str(error).lower()
+    if any(words in text for words in _NO_CREDENTIALS):
+        return IcefloeError(
+            f"no credentials for the object store: {line} (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+            "or `anonymous: true` under the spec's storage for a public bucket)"
+        )
     if kind.__name__ in _NOT_TRANSIENT or any(word in text for word in _REFUSALS):
         return IcefloeError(f"the object store refused the request: {line} (check the bucket and the credentials)")
     if module.startswith("icechunk") and kind.__name__ != "StorageError":

@@ -172,19 +172,29 @@ def test_store_refusals_exit_1_with_one_line(
     endpoint = local_s3.endpoint  # type: ignore[attr-defined]
     spec_path, _ = write_spec(tmp_path, s3_bucket, endpoint)
     planted = "PLANTEDsecret" + "x" * 27
-    cases = {
-        "missing bucket": (spec_path.read_text().replace(s3_bucket, "no-such-bucket-here"), {}),
-        "wrong credentials": (spec_path.read_text(), {"AWS_SECRET_ACCESS_KEY": planted}),
-        "no credentials": (spec_path.read_text(), {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}),
-        "unreachable endpoint": (spec_path.read_text().replace(endpoint, "http://127.0.0.1:9"), {}),
+    refused = "check the bucket and the credentials"
+    cases = {  # case: the spec's text, the environment, what the error must tell the user
+        "missing bucket": (spec_path.read_text().replace(s3_bucket, "no-such-bucket-here"), {}, refused),
+        "wrong credentials": (spec_path.read_text(), {"AWS_SECRET_ACCESS_KEY": planted}, refused),
+        "no credentials": (
+            spec_path.read_text(),
+            {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""},
+            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+        ),
+        "unreachable endpoint": (
+            spec_path.read_text().replace(endpoint, "http://127.0.0.1:9"),
+            {},
+            "the object store failed",
+        ),
     }
-    for case, (text, env) in cases.items():
+    for case, (text, env, advice) in cases.items():
         path = tmp_path / f"{case.replace(' ', '-')}.yaml"
         path.write_text(text)
         for command in ("plan", "build"):
             code, out = icefloe(icefloe_cli, command, path, env)
             assert code == 1, (case, command, out)
             assert out["error"] and "\n" not in out["error"] and "internal error" not in out["error"], (case, out)
+            assert advice in out["error"], (case, command, out["error"])
             assert planted not in json.dumps(out)
 
 
