@@ -17,7 +17,7 @@ from typing import Any
 
 import parse
 
-from lib.errors import SpecError, StorageError, store_failure
+from lib.errors import SpecError, StorageError, store_error
 
 __all__ = [
     "HEAD_LIMIT",
@@ -207,8 +207,7 @@ def list_sources(source_url: str, store: Any, pattern: Pattern) -> tuple[list[So
     except FileNotFoundError as e:
         raise StorageError(f"cannot list {source_url}: it does not exist ({e})") from e
     except Exception as e:  # obstore raises its own error types for network and permission failures
-        failure = store_failure(e) or StorageError(f"{type(e).__name__}: {e}")
-        raise type(failure)(f"cannot list {source_url}: {failure}") from e
+        raise store_error(f"cannot list {source_url}", e, f"{type(e).__name__}: {e}") from e
     found.sort(key=lambda o: (tuple(v for _, v in o.fields), o.url))
     return found, unsafe
 
@@ -251,8 +250,7 @@ def head_sources(
             missing.append(url)
             continue
         except Exception as e:  # obstore raises its own error types for network and permission failures
-            failure = store_failure(e) or StorageError(f"{type(e).__name__}: {e}")
-            raise type(failure)(f"cannot look up {url}: {failure}") from e
+            raise store_error(f"cannot look up {url}", e, f"{type(e).__name__}: {e}") from e
         found.append(_source_object(url, meta, values))
     found.sort(key=lambda o: (tuple(v for _, v in o.fields), o.url))
     return found, unsafe, missing

@@ -108,6 +108,16 @@ def store_failure(error: BaseException) -> IcefloeError | None:
     return StorageError(f"the object store failed: {line}")
 
 
+def store_error(context: str, error: BaseException, fallback: str) -> IcefloeError:
+    """``error`` as an icefloe error prefixed with what was being done (``"cannot list s3://..."``).
+
+    A store failure keeps the kind :func:`store_failure` gives it (retried or not); anything else
+    becomes a :class:`StorageError` saying ``fallback``.
+    """
+    failure = store_failure(error) or StorageError(fallback)
+    return type(failure)(f"{context}: {failure}")
+
+
 def storage_step[**P, R](step: Callable[P, R]) -> Callable[P, R]:
     """Decorate a pipeline step so store failures surface as icefloe errors with one-line messages."""
 

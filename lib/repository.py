@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lib.errors import ConflictError, StorageError, first_line, store_failure
+from lib.errors import ConflictError, StorageError, first_line, store_error
 from lib.storage import container_credentials, repo_storage, virtual_containers
 
 if TYPE_CHECKING:
@@ -101,8 +101,7 @@ def open_repository(spec: Spec, *, create: bool = False) -> icechunk.Repository 
             repo.save_config()
         return repo
     except icechunk.IcechunkError as e:
-        failure = store_failure(e) or StorageError(first_line(e))
-        raise type(failure)(f"cannot open the repository {spec.repo.url}: {failure}") from e
+        raise store_error(f"cannot open the repository {spec.repo.url}", e, first_line(e)) from e
 
 
 def set_manifest_splitting(repo: icechunk.Repository, split: dict[str, int]) -> icechunk.Repository:
