@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lib.assembly import cube_shape
-from lib.errors import StorageError, store_failure
+from lib.errors import Failure, StorageError, classify_failure, first_line, store_failure
 from lib.layout import Axes, Placement
 from lib.parsing.readers import open_source
 from lib.validation import CELL, DATA, CubeSchema, VariableSchema
@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 __all__ = ["Finding", "SpotSample", "choose_samples", "spot_check", "structural_findings"]
 
 FILE, CUBE = "file", "cube"
+
+# Failures that say nothing about the file being checked: they are raised, never made a finding.
+_STORES_DOING = (Failure.OUTAGE, Failure.REFUSED, Failure.NO_CREDENTIALS)
 
 
 @dataclass
@@ -249,7 +252,6 @@ def spot_check(
     schema: CubeSchema,
     samples: Sequence[SpotSample],
     registry: ObjectStoreRegistry,
-    url_of: dict[str, str] | None = None,
     chunks_per_variable: int = 1,
     seed: int | None = None,
 ) -> list[Finding]:
@@ -277,12 +279,12 @@ def spot_check(
                 finally:
                     close()
         except Exception as e:
-            failure = store_failure(e)
-            if isinstance(failure, StorageError) and "checksum" not in str(e).lower():
-                # throttling or an outage is the store's doing, not the file's: the check step is retried
-                raise failure from e
+            if classify_failure(e) in _STORES_DOING:
+                # throttling, an outage or a refusal is the store's doing, not the file's: the check
+                # step is retried (or the run fails saying what to fix)
+                raise (store_failure(e) or StorageError(str(e))) from e
             # a file that cannot be read back natively cannot be vouched for
-            problem = f"it could not be read back with its own library ({type(e).__name__}: {e})"
+            problem = f"it could not be read back with its own library ({type(e).__name__}: {first_line(e)})"
         if problem:
             findings.append(Finding("spot_check", FILE, f"'{p.url}': {problem}", [p.url]))
     return findings
@@ -299,8 +301,9 @@ def _check_variable(
         else:
             file_shape.append(size)
     grid = [math.ceil(s / c) for s, c in zip(file_shape, var.chunks, strict=True)]
-    indices = list(np.ndindex(*grid)) if grid else [()]
-    for index in rng.sample(indices, min(count, len(indices))):
+    total = math.prod(grid)  # a file may declare millions of chunks: pick by number, never list them
+    for pick in rng.sample(range(total), min(count, total)):
+        index = tuple(int(i) for i in np.unravel_index(pick, grid)) if grid else ()
         file_region = tuple(
             slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, var.chunks, file_shape, strict=True)
         )
@@ -313,7 +316,9 @@ def _check_variable(
         want = raw if isinstance(raw, Candidates) else _as_cube_values(raw, var)
         try:
             got = np.asarray(root[var.path][tuple(cube_region)])
-        except Exception as e:  # the refs point at bytes the codecs cannot decode
+        except Exception as e:
+            if classify_failure(e) in _STORES_DOING:
+                raise  # reading a reference hit a store failure: not the file's fault
             return (
                 f"parser returned different values for variable '{var.path}' ({where or 'scalar'}): "
                 f"the cube cannot decode the chunk its reference points at ({type(e).__name__}: {e})"

@@ -131,12 +131,18 @@ class BranchState:
 
 def branch_state(repo: icechunk.Repository, spec: Spec) -> BranchState:
     """The tips of main and staging, creating staging at main's tip if it does not exist."""
+    import icechunk
+
     main = repo.lookup_branch(spec.repo.branch)
     try:
         staging = repo.lookup_branch(spec.repo.staging)
-    except Exception:
-        repo.create_branch(spec.repo.staging, main)
-        staging = main
+    except icechunk.RefNotFoundError:
+        try:
+            repo.create_branch(spec.repo.staging, main)
+        except icechunk.AlreadyExistsError:  # another writer created it meanwhile
+            staging = repo.lookup_branch(spec.repo.staging)
+        else:
+            staging = main
     return BranchState(main=main, staging=staging)
 
 
@@ -162,9 +168,11 @@ def reset_branch(repo: icechunk.Repository, branch: str, to: str, expected: str)
 
 
 def _tip_or_none(repo: icechunk.Repository, branch: str) -> str | None:
+    import icechunk
+
     try:
         return repo.lookup_branch(branch)
-    except Exception:
+    except icechunk.IcechunkError:  # the store cannot say either
         return None
 
 

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -37,6 +38,9 @@ class Rule:
     times: int = 1  # how many matching requests it applies to
     delay: float = 0.0
     hits: int = 0
+    headers: Callable[[Message], bool] | None = None  # and only requests whose headers it accepts
+    skip: int = 0  # let this many matching requests through first
+    seen: int = 0
 
 
 @dataclass
@@ -94,8 +98,16 @@ class FaultProxy:
             self.server.shutdown()
             self.server.server_close()
 
-    def fail(self, match: Match = anything, status: int = 503, times: int = 1, delay: float = 0.0) -> Rule:
-        rule = Rule(match, status, times, delay)
+    def fail(
+        self,
+        match: Match = anything,
+        status: int = 503,
+        times: int = 1,
+        delay: float = 0.0,
+        headers: Callable[[Message], bool] | None = None,
+        skip: int = 0,
+    ) -> Rule:
+        rule = Rule(match, status, times, delay, headers=headers, skip=skip)
         with self.lock:
             self.rules.append(rule)
         return rule
@@ -110,20 +122,27 @@ class FaultProxy:
             self.outage = None
             self.rules.clear()
 
-    def _decide(self, method: str, path: str) -> tuple[int | None, float]:
+    def _decide(self, method: str, path: str, headers: Message) -> tuple[int | None, float]:
         """(status to answer with instead of forwarding, or None; delay first)."""
         with self.lock:
             if self.outage is not None and self.outage.active(method, path):
                 return 0, 0.0
             for rule in self.rules:
-                if rule.hits < rule.times and rule.match(method, path):
+                if (
+                    rule.hits < rule.times
+                    and rule.match(method, path)
+                    and (rule.headers is None or rule.headers(headers))
+                ):
+                    rule.seen += 1
+                    if rule.seen <= rule.skip:
+                        continue
                     rule.hits += 1
                     return (None if rule.status == 200 else rule.status), rule.delay
         return None, 0.0
 
     def _forward(self, h: BaseHTTPRequestHandler) -> None:
         body = _read_body(h)
-        status, delay = self._decide(h.command, h.path)
+        status, delay = self._decide(h.command, h.path, h.headers)
         if delay:
             time.sleep(delay)
         if status == 0:
