@@ -45,10 +45,11 @@ def _steps(run: CubeRun) -> None:
         update_progress_artifact(artifact, 100.0 * (b + 1) / steps)
     plan_cube(run)
     prepare_staging(run)
+    planned = run.plan_.batches if run.plan_ else []
     progress.start("commit", run.plan_.accepted if run.plan_ else 0)
-    for b in range(batches):
+    for b, urls in enumerate(planned):
         commit_batch(run, b)
-        progress.advance("commit", len(run.plan_.batches[b]) if run.plan_ else 0)
+        progress.advance("commit", len(urls))
         update_progress_artifact(artifact, 100.0 * (batches + b + 1) / steps)
     nativize_staging(run)
     check_staging(run)

@@ -13,17 +13,19 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import parse
 
-from lib.errors import SpecError, StorageError, store_error
+from lib.errors import SpecError, store_error
 
 __all__ = [
     "HEAD_LIMIT",
     "Discovery",
+    "Listing",
     "Pattern",
     "SourceObject",
+    "check_named_urls",
     "classify_objects",
     "compile_pattern",
     "head_sources",
@@ -176,10 +178,17 @@ def _source_object(url: str, meta: Any, values: dict[str, int | str]) -> SourceO
     )
 
 
-def list_sources(source_url: str, store: Any, pattern: Pattern) -> tuple[list[SourceObject], list[str]]:
-    """List the objects under ``source_url`` that match ``pattern``, sorted by field values then URL.
+class Listing(NamedTuple):
+    """What a listing found: the matching objects, the matching URLs that cannot be used (unsafe
+    keys), and how many objects were listed in all (matching or not)."""
 
-    Returns the matching objects and the URLs that matched but cannot be used (unsafe keys).
+    objects: list[SourceObject]
+    unsafe: list[str]
+    listed: int
+
+
+def list_sources(source_url: str, store: Any, pattern: Pattern) -> Listing:
+    """List the objects under ``source_url`` that match ``pattern``, sorted by field values then URL.
 
     Raises
     ------
@@ -190,10 +199,12 @@ def list_sources(source_url: str, store: Any, pattern: Pattern) -> tuple[list[So
 
     found: list[SourceObject] = []
     unsafe: list[str] = []
+    listed = 0
     # a local source: a symlink must not lead outside it
     root = os.path.realpath(source_url.removeprefix("file://")) if source_url.startswith("file://") else None
     try:
         for batch in obstore.list(store, prefix=pattern.prefix or None, chunk_size=10_000):
+            listed += len(batch)
             for meta in batch:
                 path = meta["path"]
                 values = pattern.match(path)
@@ -205,11 +216,32 @@ def list_sources(source_url: str, store: Any, pattern: Pattern) -> tuple[list[So
                     continue
                 found.append(_source_object(url, meta, values))
     except FileNotFoundError as e:
-        raise StorageError(f"cannot list {source_url}: it does not exist ({e})") from e
+        raise SpecError(f"{source_url} does not exist: check source.url", key="source.url") from e
     except Exception as e:  # obstore raises its own error types for network and permission failures
         raise store_error(f"cannot list {source_url}", e, f"{type(e).__name__}: {e}") from e
     found.sort(key=lambda o: (tuple(v for _, v in o.fields), o.url))
-    return found, unsafe
+    return Listing(found, unsafe, listed)
+
+
+def check_named_urls(source_url: str, pattern: Pattern, urls: Iterable[str]) -> None:
+    """Refuse named objects that cannot be part of the source, before any I/O.
+
+    Raises
+    ------
+    SpecError
+        A name is not a URL (a plain path gets the ``file://`` spelling as a hint), lies outside
+        the source URL, or does not match the pattern.
+    """
+    for url in urls:
+        if not url.startswith(("file://", "s3://")):
+            hint = f"file://{os.path.abspath(url)}" if not re.match(r"^[a-z][a-z0-9+.-]*://", url) else None
+            raise SpecError(
+                f"{url!r} is not a file:// or s3:// URL" + (f": did you mean {hint}?" if hint else ""), key="urls"
+            )
+        if not url.startswith(source_url):
+            raise SpecError(f"{url} is not under the source {source_url}", key="urls")
+        if pattern.match(url.removeprefix(source_url)) is None:
+            raise SpecError(f"{url} does not match the source pattern {pattern.text!r}", key="urls")
 
 
 # Named objects are looked up one request each, up to this many; more are cheaper to find by listing.
@@ -222,7 +254,7 @@ def head_sources(
     """Look up named objects one by one instead of listing the whole source (an ingest of a few new objects).
 
     Returns what :func:`list_sources` returns for those URLs, sorted the same way, plus the URLs that are
-    not in the source or do not match the pattern.
+    not in the source (call :func:`check_named_urls` first: names outside the pattern are missing too).
 
     Raises
     ------

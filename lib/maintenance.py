@@ -44,10 +44,10 @@ def verify_sources(repo: icechunk.Repository, spec: Spec) -> Drift:
     """
     store = repo.readonly_session(branch=spec.repo.branch).store
     ledger = {url: row for url, row in read_ledger(store).items() if row.status == INGESTED}
-    listed, _ = list_sources(
+    listed = list_sources(
         spec.source.url, object_store(spec.source.url, spec.source.storage), compile_pattern(spec.source.pattern)
     )
-    now = {o.url: o for o in listed}
+    now = {o.url: o for o in listed.objects}
     drift = Drift(checked=len(ledger))
     for url, row in sorted(ledger.items()):
         obj = now.get(url)

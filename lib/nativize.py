@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lib.assembly import _growing, _native_chunks, cube_dims
+from lib.errors import SpecError
 from lib.ledger import read_schema, write_schema
 from lib.parsing.policy import NATIVE_LIMIT_BYTES
 from lib.validation import SHARED, CubeSchema, native_digest
@@ -34,9 +35,21 @@ def _coordinate_names(schema: CubeSchema) -> set[str]:
 
 def coordinate_candidates(store: Any, schema: CubeSchema, wanted: list[str] | None = None) -> list[str]:
     """Referenced variables worth storing natively: dimension coordinates and the variables other
-    variables name in their ``coordinates`` attribute, up to a size limit (or exactly ``wanted``)."""
+    variables name in their ``coordinates`` attribute, up to a size limit (or exactly ``wanted``).
+
+    Raises
+    ------
+    SpecError
+        ``wanted`` names a variable the cube does not have.
+    """
     import zarr
 
+    unknown = sorted(set(wanted or ()) - set(schema.variables))
+    if unknown:
+        raise SpecError(
+            f"variable {unknown[0]!r} is not in the cube; its variables are: {', '.join(sorted(schema.variables))}",
+            key="variable",
+        )
     root = zarr.open_group(store, mode="r", zarr_format=3)
     aux = _coordinate_names(schema)
     out = []

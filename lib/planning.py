@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lib.errors import SpecError, StorageError
+from lib.errors import Failure, IcefloeError, SpecError, StorageError, classify_failure
 from lib.layout import Axes, Occupied, Placement, plan_layout
 from lib.ledger import INGESTED, LedgerRow
 from lib.parsing.fragment import Fragment
@@ -297,15 +297,15 @@ def changed_since_listing(obj: SourceObject, source: SourceConfig) -> str | None
     """
     import obstore
 
-    from lib.parsing import _registry
+    from lib.parsing import _registry, read_failure
 
     store, path = _registry(source).resolve(obj.url)
     try:
         now = obstore.head(store, path)
-    except FileNotFoundError:
-        return f"'{obj.url}' disappeared while it was being parsed; the next run will look again"
     except Exception as e:
-        return f"could not check '{obj.url}' after parsing it: {type(e).__name__}: {e}"
+        if classify_failure(e) == Failure.MISSING:
+            return f"'{obj.url}' disappeared while it was being parsed; the next run will look again"
+        raise read_failure(obj.url, e) from e
     if str(now.get("e_tag") or "") != obj.etag:
         return (
             f"'{obj.url}' changed while it was being parsed (etag {obj.etag} became {now.get('e_tag')}); "
@@ -327,9 +327,13 @@ def summarize_objects(
         if isinstance(result, ParseFailure):
             out.results.append(result)
             continue
-        changed = changed_since_listing(obj, source)
+        try:
+            changed = changed_since_listing(obj, source)
+        except IcefloeError as e:
+            out.results.append(ParseFailure(obj.url, str(e), transient=isinstance(e, StorageError)))
+            continue
         if changed is not None:
-            out.results.append(ParseFailure(obj.url, changed, transient=changed.startswith("could not")))
+            out.results.append(ParseFailure(obj.url, changed))
             continue
         entry, schema = summarize_fragment(
             result, obj, checksum_for(obj.url, obj.etag, obj.last_modified), pattern, options.concat

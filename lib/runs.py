@@ -18,12 +18,13 @@ from lib.discovery import (
     HEAD_LIMIT,
     Discovery,
     SourceObject,
+    check_named_urls,
     classify_objects,
     compile_pattern,
     head_sources,
     list_sources,
 )
-from lib.errors import PublishBlocked, StorageError, storage_step
+from lib.errors import PublishBlocked, SpecError, StorageError, storage_step
 from lib.executors import Executor, make_executor
 from lib.faults import checkpoint
 from lib.ledger import INGESTED, QUARANTINED
@@ -119,8 +120,8 @@ class CubeRun:
         """Open (or, when writing, create) the repository and decide between resuming and starting clean."""
         from lib.state import CubeState
 
-        self.repo = open_repository(self.spec, create=self.write)
-        if self.repo is None:  # a dry run on a cube that does not exist yet
+        self.repo = open_repository(self.spec)
+        if self.repo is None:  # no cube yet: the repository is created by the first write (prepare)
             self.state = CubeState(self.operation, "", "", resumed=False, fresh=True, schema=None, axes=None)
         elif self.write:
             self.state = open_cube(self.repo, self.spec, self.operation)
@@ -137,17 +138,31 @@ class CubeRun:
         assert self.state is not None
         store = object_store(self.spec.source.url, self.spec.source.storage)
         missing: list[str] = []
+        listed: int | None = None
+        if self.urls is not None:
+            check_named_urls(self.spec.source.url, self.pattern, self.urls)
         if self.urls is not None and len(self.urls) <= HEAD_LIMIT:  # a few named objects: no full listing
             objects, unsafe, missing = head_sources(self.spec.source.url, store, self.pattern, self.urls)
         else:
-            objects, unsafe = list_sources(self.spec.source.url, store, self.pattern)
+            listing = list_sources(self.spec.source.url, store, self.pattern)
+            objects, unsafe, listed = listing.objects, listing.unsafe, listing.listed
             if self.urls is not None:  # a named run reports (and quarantines) only the unsafe keys it named
                 unsafe = [u for u in unsafe if u in self.urls]
                 missing = sorted(self.urls - {o.url for o in objects} - set(unsafe))
         if missing:
-            raise StorageError(
-                f"{len(missing)} named object(s) are not in the source or do not match the pattern: {missing[:3]}"
+            raise SpecError(
+                f"{len(missing)} named object(s) are not in the source {self.spec.source.url}: "
+                + ", ".join(missing[:3])
+                + (" ..." if len(missing) > 3 else "")
             )
+        if listed is not None and not objects and not unsafe:
+            nothing = (
+                f"the pattern {self.pattern.text!r} matches none of the {listed} object(s) listed under "
+                f"{self.spec.source.url}"
+            )
+            if self.operation == "build":
+                raise SpecError(nothing + ": check source.url and source.pattern", key="source.pattern")
+            self.summary.notes.append(nothing)
         self.discovery = classify_objects(objects, self.state.ledger, replace=self.replace, only=self.urls)
         self.discovery.unsafe = unsafe
         size = self.spec.execution.batch_size
@@ -237,10 +252,14 @@ class CubeRun:
     @storage_step
     def prepare(self) -> str | None:
         """Create or grow the arrays and record this run's quarantines, in one staging commit."""
-        assert self.repo is not None and self.state is not None and self.plan_ is not None
+        assert self.state is not None and self.plan_ is not None
         plan = self.plan_
         if plan.schema is None or (not plan.accepted and not plan.quarantined):
             return None
+        if self.repo is None:  # a new cube: its repository is made by its first write, never before
+            self.repo = open_repository(self.spec, create=True)
+            assert self.repo is not None
+            self.state = open_cube(self.repo, self.spec, self.operation)
         etags = self.quarantine_etags if plan.spilled else {o.url: o.etag for o in self.discovery.pending}
         if plan.fresh:  # sessions opened from now on write manifests split to match the batches
             self.repo = set_manifest_splitting(self.repo, manifest_split(plan, self.spec.execution.batch_size))
@@ -250,7 +269,9 @@ class CubeRun:
     @storage_step
     def commit(self, batch: int) -> int:
         """Place one batch's references in one staging commit; returns the refs written."""
-        assert self.repo is not None and self.state is not None and self.plan_ is not None
+        assert self.state is not None and self.plan_ is not None
+        if self.repo is None or self.plan_.schema is None:  # nothing was prepared: nothing to place
+            return 0
         snapshot, refs = commit_batch(
             self.repo,
             self.spec,
@@ -270,8 +291,10 @@ class CubeRun:
     @storage_step
     def nativize(self) -> list[str]:
         """With ``variables.nativize``, rewrite small referenced coordinates natively, in one staging commit."""
-        assert self.repo is not None and self.state is not None
-        if not self.spec.variables.nativize or self.repo.lookup_branch(self.spec.repo.staging) == self.state.main:
+        assert self.state is not None
+        if self.repo is None or not self.spec.variables.nativize:
+            return []
+        if self.repo.lookup_branch(self.spec.repo.staging) == self.state.main:
             return []
         done, snapshot = nativize_staging(self.repo, self.spec, self.state, self.info)
         self.staged = snapshot or self.staged
@@ -282,9 +305,9 @@ class CubeRun:
     @storage_step
     def check(self) -> list[dict[str, Any]]:
         """Run the checks on staging's tip; file findings are taken out, cube findings block."""
-        assert self.repo is not None and self.state is not None
+        assert self.state is not None
         checkpoint("staging-committed")
-        if self.repo.lookup_branch(self.spec.repo.staging) == self.state.main:
+        if self.repo is None or self.repo.lookup_branch(self.spec.repo.staging) == self.state.main:
             return []
         snapshot, self.findings = check_staging(
             self.repo, self.spec, self.state, source_registry(self.spec.source.url, self.spec.source.storage)
@@ -306,9 +329,15 @@ class CubeRun:
         ConflictError
             Main moved since this run started.
         """
-        assert self.repo is not None and self.state is not None
+        assert self.state is not None
         checkpoint("checks-done")
+        if self.repo is None:  # nothing was written, not even a repository
+            return self.summary.snapshot
         blocking = [f for f in self.findings if f.scope == CUBE]
+        if not blocking and self.state.fresh and self.plan_ is not None and self.plan_.accepted:
+            taken = {u for f in self.findings if f.scope == FILE for u in f.urls}
+            if not self.plan_.placed_urls() - taken:
+                blocking = [Finding("quarantine", CUBE, "the checks quarantined every object of a new cube")]
         staged = self.repo.lookup_branch(self.spec.repo.staging)
         if blocking:
             # the refused snapshot stays readable by id; staging goes back to main so the next run

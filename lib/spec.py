@@ -63,7 +63,8 @@ def _check_url(value: str, *, directory: bool) -> str:
         if ".." in rest.split("/"):
             raise ValueError(f"must not contain '..', got {value!r}")
     else:
-        raise ValueError(f"must be a file:// or s3:// URL, got {value!r}")
+        hint = f" (did you mean file://{value}?)" if value.startswith("/") else ""
+        raise ValueError(f"must be a file:// or s3:// URL, got {value!r}{hint}")
     if directory and not value.endswith("/"):
         value += "/"
     return value

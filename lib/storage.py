@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from lib.errors import SpecError, StorageError
+from lib.errors import SpecError
 
 if TYPE_CHECKING:
     import icechunk
@@ -89,7 +89,7 @@ def object_store(url: str, options: StorageOptions | None = None, *, rooted: boo
         if not rooted:
             return LocalStore()
         if not os.path.isdir(loc.key):
-            raise StorageError(f"cannot list {url}: the directory does not exist")
+            raise SpecError(f"{url} does not exist (no such directory): check source.url", key="source.url")
         return LocalStore(prefix=loc.key if loc.key else "/")
     client_options: dict[str, Any] = {"timeout": "120s", "connect_timeout": "10s"}
     if options is not None and options.allow_http:

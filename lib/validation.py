@@ -122,6 +122,7 @@ class CubeSchema:
     concat_encoding: dict[str, dict[str, Any]] = field(default_factory=dict)
     shared: dict[str, str] = field(default_factory=dict)
     nativized: list[str] = field(default_factory=list)
+    undecodable: list[str] = field(default_factory=list)  # variables to open with decode_times=False
 
     @property
     def key(self) -> str:
@@ -151,6 +152,7 @@ class CubeSchema:
             "concat_encoding": self.concat_encoding,
             "shared": self.shared,
             "nativized": self.nativized,
+            "undecodable": self.undecodable,
         }
 
     @classmethod
@@ -164,6 +166,7 @@ class CubeSchema:
             concat_encoding=data.get("concat_encoding", {}),
             shared=data.get("shared", {}),
             nativized=list(data.get("nativized", [])),
+            undecodable=list(data.get("undecodable", [])),
         )
 
 
@@ -214,6 +217,7 @@ def schema_of(fragment: Fragment, pattern: dict[str, str], concat: tuple[str, ..
         variables=variables,
         attributes=fragment.attributes,
         groups=fragment.groups,
+        undecodable=list(fragment.undecodable),
     )
     for path, v in variables.items():
         if v.role == SHARED:

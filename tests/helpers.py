@@ -119,7 +119,7 @@ def run_cube(
     try:
         run.through_plan()
         run.prepare()
-        for b in range(len(run.batches)):
+        for b in range(len(run.plan_.batches) if run.plan_ else 0):
             run.commit(b)
         run.nativize()
         run.check()
@@ -153,3 +153,30 @@ def locations(spec: Spec) -> set[str]:
 
 def file_url(path: Path) -> str:
     return f"file://{os.path.abspath(path)}"
+
+
+def icefloe_json(*args: str) -> tuple[int, dict[str, Any]]:
+    """Run the ``icefloe`` command in this process with ``--json``: (exit code, the JSON object).
+
+    The same entry point as the installed command, without a process start per call; flows run
+    against the Prefect API in ``PREFECT_API_URL`` (the test session's server).
+    """
+    import contextlib
+    import io
+    import json
+
+    from flows.cli import main
+
+    out = io.StringIO()
+    saved = dict(os.environ)
+    try:
+        with contextlib.redirect_stdout(out):
+            main([*args, "--json"])
+    except SystemExit as e:
+        code = int(e.code or 0)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    text = out.getvalue()
+    assert text.count("\n") <= 1, text  # one JSON object on stdout, whatever happened
+    return code, json.loads(text)

@@ -9,15 +9,17 @@ quarantine), so a network blip never quarantines a good file.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from lib.errors import SourceError, StorageError, first_line
+from lib.errors import Failure, IcefloeError, SourceError, StorageError, classify_failure, first_line, is_transient
 from lib.parsing.formats import HEAD_BYTES, describe_head, detect_format
 from lib.parsing.fragment import ArrayFragment, Fragment, name_phony_dims
 from lib.parsing.policy import ParseOptions
+from lib.parsing.readable import refuse_unreadable
 from lib.parsing.readers import read_head
 
 if TYPE_CHECKING:
@@ -46,20 +48,20 @@ class ParseFailure:
     variable: str | None = None
 
 
-def is_transient(error: BaseException) -> bool:
-    """Whether a failure came from the store (network, throttling, timeouts) rather than the bytes."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, (StorageError, ConnectionError, TimeoutError)):
-            return True
-        module = type(current).__module__ or ""
-        if module.startswith("obstore") and not isinstance(current, FileNotFoundError):
-            # a range past the end of the object is about its bytes, not the store: never transient
-            return "range" not in str(current).lower()
-        current = current.__cause__ or current.__context__
-    return False
+_IMPORTING = threading.Lock()
+
+
+def _import_parsers() -> None:
+    """Import the parser libraries once, under a lock.
+
+    Parse calls run in threads with the ``threads`` executor; two threads importing VirtualiZarr's
+    modules at once can see one half-initialised ("cannot import name 'HDFParser'"), and the fast
+    parser would fall back for no reason.
+    """
+    with _IMPORTING:
+        import virtualizarr.parsers
+        import virtualizarr.parsers.hdf.filters
+        import virtualizarr.parsers.hdf.hdf  # noqa: F401
 
 
 @lru_cache(maxsize=8)
@@ -81,10 +83,8 @@ def parse_source(url: str, registry: ObjectStoreRegistry, options: ParseOptions)
     """
     try:
         head, size = read_head(url, registry, HEAD_BYTES)
-    except FileNotFoundError as e:
-        raise SourceError(f"'{url}' disappeared before it could be parsed", url=url) from e
     except Exception as e:
-        raise StorageError(f"cannot read '{url}': {type(e).__name__}: {first_line(e)}") from e
+        raise read_failure(url, e) from e
     fmt = detect_format(head)
     if fmt is None:
         raise SourceError(f"'{url}' is not a supported format: {describe_head(head)}", url=url)
@@ -97,6 +97,7 @@ def parse_source(url: str, registry: ObjectStoreRegistry, options: ParseOptions)
         try:
             fragment = parse_hdf5(url, registry, options)
             name_phony_dims(fragment)
+            refuse_unreadable(fragment, options.concat)
             return fragment
         except SourceError:
             raise  # a refusal, not a failure: the reference parser would only do worse
@@ -118,7 +119,24 @@ def parse_source(url: str, registry: ObjectStoreRegistry, options: ParseOptions)
     if errors:
         fragment.notes.append(f"fell back to VirtualiZarr after the {errors[0]}")
     name_phony_dims(fragment)
+    refuse_unreadable(fragment, options.concat)
     return fragment
+
+
+def read_failure(url: str, error: BaseException) -> IcefloeError:
+    """What a failure to read an object means: an outage is retried; a missing or refused object is
+    the object's problem (quarantined with the reason), so it does not fail every run."""
+    kind = classify_failure(error)
+    line = f"{type(error).__name__}: {first_line(error)}"
+    if kind == Failure.MISSING:
+        return SourceError(f"'{url}' disappeared before it could be parsed", url=url)
+    if kind in (Failure.REFUSED, Failure.NO_CREDENTIALS):
+        return SourceError(
+            f"the object store refused to read '{url}' ({line}): check its permissions; icefloe tries it "
+            f"again when the object changes",
+            url=url,
+        )
+    return StorageError(f"cannot read '{url}': {line}")
 
 
 def check_netcdf3_records(url: str, head: bytes, size: int) -> None:
@@ -150,6 +168,7 @@ def parse_batch(
     """
     from lib.faults import hang_if_asked
 
+    _import_parsers()
     registry = _registry(source)
     results: list[Fragment | ParseFailure] = []
     for url in urls:

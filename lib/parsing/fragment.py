@@ -99,6 +99,7 @@ class Fragment:
     arrays: dict[str, ArrayFragment] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    undecodable: list[str] = field(default_factory=list)  # variables whose times xarray cannot decode
 
     @property
     def ref_count(self) -> int:

@@ -178,19 +178,24 @@ def _dimension_names(dataset: Any, group: str) -> list[str]:
     return [d.removeprefix(group).removeprefix("/") for d in dims]
 
 
+NETCDF_DIMENSION_MARKER = "This is a netCDF dimension but not a netCDF variable"
+
+
 def _placeholders(members: dict[str, Any]) -> set[str]:
-    """netCDF dimensions that are not variables: dimension datasets that store no data (VirtualiZarr's
-    ``_find_non_coord_dimension_vars``, on already opened members)."""
+    """netCDF dimensions that are not variables: the datasets netCDF-4 writes for a dimension without a
+    coordinate variable, which it marks with that sentence in their NAME attribute.
+
+    (VirtualiZarr takes every dimension dataset without storage for one, and so drops coordinate
+    variables that were defined but never written; such a variable is real, and reads as its fill value.)
+    """
     import h5py
 
     out = set()
     for name, obj in members.items():
         if type(obj) is h5py.Dataset and "_Netcdf4Dimid" in obj.attrs:
-            if obj.chunks is not None:
-                stores_no_data = obj.id.chunk_iter(lambda chunk: True) is None
-            else:
-                stores_no_data = obj.id.get_storage_size() == 0
-            if stores_no_data:
+            marker = obj.attrs.get("NAME")
+            marker = marker.decode("utf-8", "replace") if isinstance(marker, bytes) else str(marker)
+            if marker.startswith(NETCDF_DIMENSION_MARKER):
                 out.add(name)
     return out
 

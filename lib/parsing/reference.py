@@ -16,6 +16,7 @@ import numpy as np
 
 from lib.errors import SourceError
 from lib.parsing.fragment import ArrayFragment, Fragment, json_safe_attributes
+from lib.parsing.hdf5 import NETCDF_DIMENSION_MARKER
 from lib.parsing.policy import ParseOptions
 from lib.parsing.readers import open_source
 
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 __all__ = ["parse_with_virtualizarr"]
 
 INLINED = "__inlined__"
-NETCDF_DIMENSION_MARKER = "This is a netCDF dimension but not a netCDF variable"
 
 
 def _metadata_json(metadata: Any, owner: str, notes: list[str]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lib.discovery import classify_objects, compile_pattern, head_sources, list_sources
-from lib.errors import StorageError
+from lib.errors import SpecError
 from lib.ledger import LedgerRow
 from lib.storage import object_store
 
@@ -43,7 +43,8 @@ def test_listing_matches_sorts_and_ignores_the_rest(tmp_path: Path) -> None:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"x" * 3)
     url = f"file://{tmp_path}/"
-    found, unsafe = list_sources(url, object_store(url), compile_pattern("polygon_{polygon:d}/*.nc"))
+    found, unsafe, listed = list_sources(url, object_store(url), compile_pattern("polygon_{polygon:d}/*.nc"))
+    assert listed == 5  # every object under the source, matching or not
     assert [o.url.removeprefix(url) for o in found] == ["polygon_2/a.nc", "polygon_2/b.nc", "polygon_10/a.nc"]
     assert [o.field_values for o in found] == [{"polygon": 2}, {"polygon": 2}, {"polygon": 10}]
     assert all(o.size == 3 and o.etag for o in found)
@@ -59,7 +60,7 @@ def test_named_objects_are_looked_up_like_the_listing_finds_them(tmp_path: Path)
     (source / "polygon_2" / "link.nc").symlink_to(tmp_path / "secret.nc")  # leads out of the source
     url = f"file://{source}/"
     store, pattern = object_store(url), compile_pattern("polygon_{polygon:d}/*.nc")
-    listed, listed_unsafe = list_sources(url, store, pattern)
+    listed, listed_unsafe, _ = list_sources(url, store, pattern)
     named = [url + "polygon_10/a.nc", url + "polygon_2/a.nc", url + "polygon_2/link.nc"]
     outside = [url + "polygon_2/gone.nc", url + "polygon_2/notes.txt", f"file://{tmp_path}/secret.nc"]
     found, unsafe, missing = head_sources(url, store, pattern, named + outside)
@@ -68,17 +69,18 @@ def test_named_objects_are_looked_up_like_the_listing_finds_them(tmp_path: Path)
     assert missing == sorted(outside)
 
 
-def test_listing_a_missing_directory_is_a_storage_error(tmp_path: Path) -> None:
+def test_a_missing_source_directory_is_a_usage_error_naming_the_key(tmp_path: Path) -> None:
     url = f"file://{tmp_path}/missing/"
-    with pytest.raises(StorageError, match="cannot list"):
+    with pytest.raises(SpecError, match=r"missing/ does not exist .*check source.url") as error:
         list_sources(url, object_store(url), compile_pattern("*.nc"))
+    assert error.value.key == "source.url"
 
 
 def test_classify_against_the_ledger(tmp_path: Path) -> None:
     for name in "abcde":
         (tmp_path / f"{name}.nc").write_bytes(name.encode())
     url = f"file://{tmp_path}/"
-    found, _ = list_sources(url, object_store(url), compile_pattern("*.nc"))
+    found = list_sources(url, object_store(url), compile_pattern("*.nc")).objects
     etag = {o.url: o.etag for o in found}
     ledger = {
         url + "a.nc": LedgerRow(url + "a.nc", etag[url + "a.nc"], "ingested"),
