@@ -135,9 +135,10 @@ def _run_flow(flow: Callable[..., Any], show_progress: bool, **params: Any) -> d
 
 def _update(spec: Path, operation: str, as_json: bool, urls: list[str] | None = None, replace: bool = False) -> None:
     loaded = _load(spec)
-    if urls:
-        from lib.discovery import check_named_urls, compile_pattern
+    from lib.discovery import check_named_urls, check_source, compile_pattern
 
+    check_source(loaded.source.url)
+    if urls:
         check_named_urls(loaded.source.url, compile_pattern(loaded.source.pattern), urls)
     _quiet_prefect(_debug)
     from flows.build_cube import build_cube

@@ -26,6 +26,7 @@ __all__ = [
     "Pattern",
     "SourceObject",
     "check_named_urls",
+    "check_source",
     "classify_objects",
     "compile_pattern",
     "head_sources",
@@ -221,6 +222,18 @@ def list_sources(source_url: str, store: Any, pattern: Pattern) -> Listing:
         raise store_error(f"cannot list {source_url}", e, f"{type(e).__name__}: {e}") from e
     found.sort(key=lambda o: (tuple(v for _, v in o.fields), o.url))
     return Listing(found, unsafe, listed)
+
+
+def check_source(source_url: str) -> None:
+    """Refuse a local source that does not exist, before anything else is done (S3 says so on listing).
+
+    Raises
+    ------
+    SpecError
+        ``source.url`` names a local directory that does not exist.
+    """
+    if source_url.startswith("file://") and not os.path.isdir(source_url.removeprefix("file://")):
+        raise SpecError(f"{source_url} does not exist (no such directory): check source.url", key="source.url")
 
 
 def check_named_urls(source_url: str, pattern: Pattern, urls: Iterable[str]) -> None:

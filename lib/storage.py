@@ -88,8 +88,9 @@ def object_store(url: str, options: StorageOptions | None = None, *, rooted: boo
     if loc.scheme == "file":
         if not rooted:
             return LocalStore()
-        if not os.path.isdir(loc.key):
-            raise SpecError(f"{url} does not exist (no such directory): check source.url", key="source.url")
+        from lib.discovery import check_source
+
+        check_source(url)
         return LocalStore(prefix=loc.key if loc.key else "/")
     client_options: dict[str, Any] = {"timeout": "120s", "connect_timeout": "10s"}
     if options is not None and options.allow_http:

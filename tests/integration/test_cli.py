@@ -4,6 +4,7 @@ Prefect server."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -154,3 +155,47 @@ def test_s3_demo_runs_the_event_path(icefloe_cli: str, tmp_path: Path) -> None:
     out = json.loads(env_free.stdout)
     assert out["build"]["ingested"] == 24 and len(out["new_objects"]) == 6
     assert out["triggered_runs"], "the new objects must reach main through the triggered deployment"
+
+
+def test_usage_mistakes_are_one_line_exit_2_fast_and_leave_nothing_behind(
+    prefect_server: str, demo_archive: Path, workdir: Path
+) -> None:
+    """No retries, no repository: a bad URL, a missing source, a pattern that matches nothing."""
+    from tests.helpers import icefloe_json
+
+    source = (workdir / "archive").resolve()
+    named = f"file://{source}/polygon_000/month_01/step_0000.nc"
+    cases = {  # name: (command line, what the one line must say)
+        "a named object that does not exist": (
+            ["ingest", str(demo_archive), f"file://{source}/polygon_000/month_01/missing.nc"],
+            r"does not match the source pattern|not in the source",
+        ),
+        "a named object missing from a matching place": (
+            ["ingest", str(demo_archive), f"file://{source}/polygon_009/month_01/step_0000.nc"],
+            r"1 named object\(s\) are not in the source .*polygon_009/month_01/step_0000\.nc",
+        ),
+        "a plain path": (
+            ["ingest", str(demo_archive), str(source / "polygon_000/month_01/step_0000.nc")],
+            rf"is not a file:// or s3:// URL: did you mean {re.escape(named)}\?",
+        ),
+        "an object outside the source": (["ingest", str(demo_archive), f"file://{workdir}/elsewhere.nc"], r"is not under the source"),
+    }
+    missing = workdir / "missing.yaml"
+    missing.write_text(demo_archive.read_text().replace(str(source), str(source) + "-gone"))
+    cases["a source that does not exist"] = (["build", str(missing)], r"archive-gone/ does not exist .*check source.url")
+    nothing = workdir / "nothing.yaml"
+    nothing.write_text(demo_archive.read_text().replace("step_*.nc", "step_*.grib"))
+    cases["a pattern that matches nothing"] = (
+        ["build", str(nothing)],
+        r"the pattern 'polygon_\{polygon:d\}/month_\{month:d\}/step_\*\.grib' matches none of the 9 object\(s\) listed",
+    )
+    for name, (args, message) in cases.items():
+        code, out = icefloe_json(*args)
+        assert code == 2, (name, out)
+        assert re.search(message, out["error"]) and "\n" not in out["error"], (name, out["error"])
+        assert not (workdir / "cube").exists(), name
+    code, out = icefloe_json("ingest", str(nothing))  # a sweep over nothing is not an error: it says so
+    assert code == 0 and out["discovered"] == 0 and any("matches none of the 9" in n for n in out["notes"]), out
+    assert icefloe_json("build", str(demo_archive))[0] == 3
+    code, out = icefloe_json("nativize", str(demo_archive), "-v", "nosuchvar")
+    assert code == 2 and "variable 'nosuchvar' is not in the cube" in out["error"], out
