@@ -12,7 +12,7 @@ import itertools
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from lib.demo import DemoShape, step_path, write_step
+from lib.local.archive import DemoShape, step_path, write_step
 
 
 def _write(args: tuple[str, int, int, int]) -> None:

@@ -46,7 +46,7 @@ OPEN_MF = textwrap.dedent("""
 SYNTHETIC = textwrap.dedent("""
     import sys, numpy as np, zarr
     from pathlib import Path
-    from lib.demo import DemoShape, write_step
+    from lib.local.archive import DemoShape, write_step
     from lib.parsing import ParseOptions
     from lib.parsing.hdf5 import parse_hdf5
     from lib.storage import source_registry, checksum_for

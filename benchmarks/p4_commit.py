@@ -1,5 +1,5 @@
 """P4 commit at scale: N million virtual refs written into one repository through the build's own
-batch commits (``lib.staging.commit_prepare`` + ``commit_batch``: arrays at full size, refs placed at
+batch commits (``lib.staging.stage_prepare`` + ``stage_batch``: arrays at full size, refs placed at
 their offsets through Icechunk forks, ledger rows, one commit per batch, manifests split along time).
 
     python -m benchmarks.p4_commit [--refs 10000000] [--modes pipeline per-object bulk]
@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent("""
     limit_arenas()  # as the icefloe command does first thing
     import sys, time, json, numpy as np
     from pathlib import Path
-    from lib.demo import DemoShape, write_step
+    from lib.local.archive import DemoShape, write_step
     from lib.spec import load_spec
     from lib.parsing import ParseOptions
     from lib.parsing.hdf5 import parse_hdf5
@@ -34,8 +34,8 @@ SCRIPT = textwrap.dedent("""
     from lib.layout import Axes, Placement
     from lib.planning import Plan
     from lib.repository import open_repository
-    from lib.state import open_cube
-    from lib.staging import RunInfo, commit_prepare, commit_batch, manifest_split
+    from lib.state import read_cube_state
+    from lib.staging import RunInfo, stage_prepare, stage_batch, manifest_split
     from lib.repository import set_manifest_splitting
 
     work, n_files, batch_files, mode = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -90,14 +90,14 @@ SCRIPT = textwrap.dedent("""
     plan.batches = batches
     start = time.perf_counter()
     repo = open_repository(spec, create=True)
-    state = open_cube(repo, spec, "build")
+    state = read_cube_state(repo, spec, "build")
     repo = set_manifest_splitting(repo, manifest_split(plan, batch_files))
     info = RunInfo("p4", "build")
-    commit_prepare(repo, spec, state, plan, Spool(), info, {})
+    stage_prepare(repo, spec, state, plan, Spool(), info, {})
     refs = 0
     if mode == "pipeline":
         for b in range(n_batches):
-            _, r = commit_batch(repo, spec, state, plan, Spool(), b, info, workers=2)
+            _, r = stage_batch(repo, spec, state, plan, Spool(), b, info, workers=2)
             refs += r
     else:
         # Icechunk's own API on the same arrays and commits, without the pipeline around it
@@ -131,7 +131,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 MODES = {
-    "pipeline": "icefloe's commit_prepare + commit_batch: refs, ledger rows, one commit per batch",
+    "pipeline": "icefloe's stage_prepare + stage_batch: refs, ledger rows, one commit per batch",
     "per-object": "Icechunk's set_virtual_refs_arr directly, one call per object and variable with the "
     "object's own checksum, same arrays and commits: the floor for any writer that keeps per-object ETags",
     "bulk": "Icechunk's set_virtual_refs_arr directly, one call per cell and variable, no checksums, "

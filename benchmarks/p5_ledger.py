@@ -10,7 +10,7 @@ measures that process's peak RSS and the time of the load:
 
 * ``full`` -- ``lib.ledger.read_ledger``: every column of every current row (what runs held before);
 * ``index`` -- ``lib.ledger.read_ledger_index``: only what planning needs, with shared dicts (what
-  ``lib.state.open_cube`` reads now).
+  ``lib.state.read_cube_state`` reads now).
 
 The process's RSS before the load (imports, an empty dict) is measured the same way and subtracted.
 """

@@ -15,7 +15,7 @@ import shutil
 
 from benchmarks.common import BIN, WORK, log, run_measured, save
 from benchmarks.generate import generate_copies
-from flows.stack import LocalStack
+from flows.local.stack import LocalStack
 
 
 def main() -> None:

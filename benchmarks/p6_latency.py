@@ -16,8 +16,8 @@ import time
 from typing import Any
 
 from benchmarks.common import WORK, log, save
-from flows.stack import LocalStack, wait_for
-from lib.demo import DemoShape, step_path, write_step
+from flows.local.stack import LocalStack, wait_for
+from lib.local.archive import DemoShape, step_path, write_step
 
 STAGES = {
     "parse": "parse-batch",

@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows._update import update_cube
+from flows.update_cube import update_cube
 
 
 @flow(name="build_cube", log_prints=True)

@@ -180,12 +180,13 @@ def ingest(
 def plan(spec: SpecArg, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     """Dry run, writes nothing: pending and changed objects, the resulting dims, what would be quarantined."""
     with _errors():
+        from lib.pipeline import Step, run_steps
         from lib.runs import CubeRun
 
         loaded = _load(spec)
         run = CubeRun(loaded, "ingest", "plan", write=False)
         try:
-            run.through_plan()
+            run_steps(run, until=Step.PLAN)
             summary = run.finish()
         finally:
             run.close()
@@ -445,7 +446,7 @@ def bridge_webhook(
     with _errors():
         import logging
 
-        from flows.bridge import serve_webhook
+        from flows.services.bridge import serve_webhook
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         serve_webhook(host, port, dead_letter)
@@ -465,7 +466,7 @@ def bridge_sqs(
     with _errors():
         import logging
 
-        from flows.bridge import poll_sqs
+        from flows.services.bridge import poll_sqs
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         poll_sqs(
@@ -487,7 +488,7 @@ def bridge_replay(
 ) -> None:
     """Emit the events of recorded notifications (S3 event records, EventBridge, SeaweedFS)."""
     with _errors():
-        from flows.bridge import replay
+        from flows.services.bridge import replay
 
         counts = replay(source, dead_letter)
         if not as_json:
@@ -514,11 +515,11 @@ def demo(
     with _errors():
         _quiet_prefect(_debug)
         if s3:
-            from flows.demo import run_s3_demo
+            from flows.local.demo import run_s3_demo
 
             payload = run_s3_demo(directory.resolve(), console=None if as_json else console)
         else:
-            from flows.demo import run_demo
+            from flows.local.demo import run_demo
 
             payload = run_demo(directory.resolve(), console=None if as_json else console, run_flow=_run_flow)
         _finish(payload, EXIT_OK)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from lib.spec import Spec
 
-__all__ = ["Drift", "maintain_repository", "verify_sources"]
+__all__ = ["Drift", "prune_history", "verify_sources"]
 
 
 @dataclass
@@ -58,7 +58,7 @@ def verify_sources(repo: icechunk.Repository, spec: Spec) -> Drift:
     return drift
 
 
-def maintain_repository(repo: icechunk.Repository, spec: Spec, older_than_days: float) -> dict[str, Any]:
+def prune_history(repo: icechunk.Repository, spec: Spec, older_than_days: float) -> dict[str, Any]:
     """Expire snapshots older than the threshold and delete what no branch or tag still needs.
 
     Branch tips (main, staging) and tags are never expired, so the published cube and its ledger

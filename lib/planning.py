@@ -318,12 +318,12 @@ def summarize_objects(
     objects: list[SourceObject], source: SourceConfig, options: ParseOptions, pattern: dict[str, str]
 ) -> SummarizedBatch:
     """Parse and summarize objects; runs in the executor's workers (plain, picklable arguments)."""
-    from lib.parsing import ParseFailure, parse_batch
+    from lib.parsing import ParseFailure, parse_urls
     from lib.storage import checksum_for
     from lib.validation import summarize_fragment
 
     out = SummarizedBatch()
-    for obj, result in zip(objects, parse_batch([o.url for o in objects], source, options), strict=True):
+    for obj, result in zip(objects, parse_urls([o.url for o in objects], source, options), strict=True):
         if isinstance(result, ParseFailure):
             out.results.append(result)
             continue

@@ -26,8 +26,8 @@ from lib.discovery import (
 )
 from lib.errors import PublishBlocked, SpecError, StorageError, storage_step
 from lib.executors import Executor, make_executor
-from lib.faults import checkpoint
 from lib.ledger import INGESTED, QUARANTINED
+from lib.local.faults import checkpoint
 from lib.memory import release
 from lib.parsing import ParseOptions, SourceConfig
 from lib.planning import ParsedBatch, Plan, cube_sizes, parse_objects, plan_update
@@ -37,15 +37,15 @@ from lib.repository import open_repository, publish, reset_branch, set_manifest_
 from lib.spool import Spool
 from lib.staging import (
     RunInfo,
-    check_staging,
-    commit_batch,
-    commit_prepare,
-    commit_quarantine,
     manifest_split,
-    nativize_staging,
+    run_checks,
+    stage_batch,
+    stage_nativized,
+    stage_prepare,
+    stage_quarantine,
     staged_since_start,
 )
-from lib.state import CubeState, open_cube
+from lib.state import CubeState, read_cube_state
 from lib.storage import object_store, source_registry
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ class CubeRun:
         if self.repo is None:  # no cube yet: the repository is created by the first write (prepare)
             self.state = CubeState(self.operation, "", "", resumed=False, fresh=True, schema=None, axes=None)
         elif self.write:
-            self.state = open_cube(self.repo, self.spec, self.operation)
+            self.state = read_cube_state(self.repo, self.spec, self.operation)
         else:
             self.state = _read_only_state(self.repo, self.spec, self.operation)
         if self.state.schema is not None and self.state.schema.nativized:
@@ -240,15 +240,6 @@ class CubeRun:
         self.discovery.pending = []
         release()
 
-    def through_plan(self) -> Plan | None:
-        """Open, discover, parse every batch and plan: all of ``icefloe plan``, and how a write starts."""
-        self.open()
-        self.discover()
-        for b in range(len(self.batches)):
-            self.parse(b)
-        self.plan()
-        return self.plan_
-
     @storage_step
     def prepare(self) -> str | None:
         """Create or grow the arrays and record this run's quarantines, in one staging commit."""
@@ -259,11 +250,11 @@ class CubeRun:
         if self.repo is None:  # a new cube: its repository is made by its first write, never before
             self.repo = open_repository(self.spec, create=True)
             assert self.repo is not None
-            self.state = open_cube(self.repo, self.spec, self.operation)
+            self.state = read_cube_state(self.repo, self.spec, self.operation)
         etags = self.quarantine_etags if plan.spilled else {o.url: o.etag for o in self.discovery.pending}
         if plan.fresh:  # sessions opened from now on write manifests split to match the batches
             self.repo = set_manifest_splitting(self.repo, manifest_split(plan, self.spec.execution.batch_size))
-        self.staged = commit_prepare(self.repo, self.spec, self.state, plan, self.spool, self.info, etags)
+        self.staged = stage_prepare(self.repo, self.spec, self.state, plan, self.spool, self.info, etags)
         return self.staged
 
     @storage_step
@@ -272,7 +263,7 @@ class CubeRun:
         assert self.state is not None and self.plan_ is not None
         if self.repo is None or self.plan_.schema is None:  # nothing was prepared: nothing to place
             return 0
-        snapshot, refs = commit_batch(
+        snapshot, refs = stage_batch(
             self.repo,
             self.spec,
             self.state,
@@ -296,7 +287,7 @@ class CubeRun:
             return []
         if self.repo.lookup_branch(self.spec.repo.staging) == self.state.main:
             return []
-        done, snapshot = nativize_staging(self.repo, self.spec, self.state, self.info)
+        done, snapshot = stage_nativized(self.repo, self.spec, self.state, self.info)
         self.staged = snapshot or self.staged
         if done:
             self.summary.notes.append(f"stored natively: {', '.join(done)}")
@@ -309,12 +300,12 @@ class CubeRun:
         checkpoint("staging-committed")
         if self.repo is None or self.repo.lookup_branch(self.spec.repo.staging) == self.state.main:
             return []
-        snapshot, self.findings = check_staging(
+        snapshot, self.findings = run_checks(
             self.repo, self.spec, self.state, source_registry(self.spec.source.url, self.spec.source.storage)
         )
         per_file = {u: f.message for f in self.findings if f.scope == FILE for u in f.urls}
         if per_file:
-            snapshot = commit_quarantine(self.repo, self.spec, self.state, self.info, per_file, status=QUARANTINED)
+            snapshot = stage_quarantine(self.repo, self.spec, self.state, self.info, per_file, status=QUARANTINED)
         self.staged = snapshot
         return [f.to_json() for f in self.findings]
 
@@ -424,8 +415,8 @@ def nativize_cube(
     if repo is None:
         raise IcefloeError(f"no cube at {spec.repo.url} yet: run `icefloe build` first")
     info = RunInfo(run_id=run_id, operation="nativize", flow_run=flow_run)
-    state = open_cube(repo, spec, "nativize")
-    done, snapshot = nativize_staging(repo, spec, state, info, variables)
+    state = read_cube_state(repo, spec, "nativize")
+    done, snapshot = stage_nativized(repo, spec, state, info, variables)
     if snapshot is not None:
         publish(repo, spec, snapshot, state.main)
     return {"nativized": done, "snapshot": repo.lookup_branch(spec.repo.branch), "published": snapshot is not None}

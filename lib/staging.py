@@ -44,12 +44,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RunInfo",
-    "check_staging",
-    "commit_batch",
-    "commit_prepare",
-    "commit_quarantine",
     "manifest_split",
     "quarantine_rows",
+    "run_checks",
+    "stage_batch",
+    "stage_prepare",
+    "stage_quarantine",
     "staged_since_start",
 ]
 
@@ -113,7 +113,7 @@ def quarantine_rows(reasons: dict[str, str], etags: dict[str, str], run: RunInfo
     ]
 
 
-def commit_prepare(
+def stage_prepare(
     repo: icechunk.Repository,
     spec: Spec,
     state: CubeState,
@@ -161,7 +161,7 @@ def _placement_of(row: LedgerRow, axes: Any) -> Placement:
     return Placement(row.url, axes.cell_of(row.fields.items()), tuple((d, a, b) for d, (a, b) in row.ranges.items()))
 
 
-def commit_batch(
+def stage_batch(
     repo: icechunk.Repository,
     spec: Spec,
     state: CubeState,
@@ -198,7 +198,7 @@ def staged_since_start(repo: icechunk.Repository, spec: Spec, state: CubeState) 
     return iter_current(repo.readonly_session(branch=spec.repo.staging).store, state.ledger_base)
 
 
-def check_staging(
+def run_checks(
     repo: icechunk.Repository, spec: Spec, state: CubeState, registry: ObjectStoreRegistry, seed: int | None = None
 ) -> tuple[str, list[Finding]]:
     """Run the structural checks and the spot check on staging's tip; returns (snapshot, findings)."""
@@ -230,7 +230,7 @@ def decode_times(schema: CubeSchema) -> dict[str, bool]:
     return {path: False for path in schema.undecodable if "/" not in path}
 
 
-def commit_quarantine(
+def stage_quarantine(
     repo: icechunk.Repository,
     spec: Spec,
     state: CubeState,
@@ -275,7 +275,7 @@ def commit_quarantine(
     )
 
 
-def nativize_staging(
+def stage_nativized(
     repo: icechunk.Repository, spec: Spec, state: CubeState, run: RunInfo, wanted: list[str] | None = None
 ) -> tuple[list[str], str | None]:
     """Rewrite the staged cube's small referenced coordinates natively, in one commit."""

@@ -22,7 +22,7 @@ from lib.validation import CubeSchema
 if TYPE_CHECKING:
     import icechunk
 
-__all__ = ["CubeState", "open_cube", "read_axes", "run_metadata"]
+__all__ = ["CubeState", "read_axes", "read_cube_state", "run_metadata"]
 
 
 @dataclass
@@ -62,7 +62,7 @@ def read_axes(store: Any, schema: CubeSchema) -> Axes:
     return axes
 
 
-def open_cube(repo: icechunk.Repository, spec: Spec, operation: str) -> CubeState:
+def read_cube_state(repo: icechunk.Repository, spec: Spec, operation: str) -> CubeState:
     """Decide between resuming staging and starting clean, and read the cube's state.
 
     Raises

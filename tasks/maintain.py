@@ -8,7 +8,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from lib.errors import IcefloeError
-from lib.maintenance import maintain_repository
+from lib.maintenance import prune_history
 from lib.repository import open_repository
 from lib.spec import Spec
 from tasks import RETRYING
@@ -20,7 +20,7 @@ def expire_and_collect(spec: Spec, older_than_days: float) -> dict[str, Any]:
     repo = open_repository(spec)
     if repo is None:
         raise IcefloeError(f"no cube at {spec.repo.url}")
-    done = maintain_repository(repo, spec, older_than_days)
+    done = prune_history(repo, spec, older_than_days)
     get_run_logger().info(
         "expired %d snapshot(s); deleted %d chunk(s), %d manifest(s), %d byte(s)",
         done["expired_snapshots"],

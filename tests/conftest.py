@@ -88,7 +88,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def local_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A real S3 server (SeaweedFS) on loopback ports for the whole session; its credentials are in
     the environment, the only place icefloe reads them from."""
-    from lib.seaweedfs import start_local_s3
+    from lib.local.seaweedfs import start_local_s3
 
     server = start_local_s3(tmp_path_factory.mktemp("seaweedfs"))
     saved = {k: os.environ.get(k) for k in server.env()}

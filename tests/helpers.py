@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from lib.pipeline import Step, run_steps
 from lib.report import RunSummary
 from lib.runs import CubeRun
 from lib.spec import Spec, load_spec
@@ -117,19 +118,20 @@ def run_cube(
 
     run = CubeRun(spec, operation, str(uuid.uuid4()), urls=urls, replace=replace)
     try:
-        run.through_plan()
-        run.prepare()
-        for b in range(len(run.plan_.batches) if run.plan_ else 0):
-            run.commit(b)
-        run.nativize()
-        run.check()
         try:
-            run.publish()
+            run_steps(run)
         except PublishBlocked as e:
             return run.finish(error=str(e))
         return run.finish()
     finally:
         run.close()
+
+
+def run_until(spec: Spec, step: Step, operation: str = "build") -> CubeRun:
+    """A run taken through its steps up to and including ``step`` (the caller closes it)."""
+    run = CubeRun(spec, operation, str(uuid.uuid4()))
+    run_steps(run, until=step)
+    return run
 
 
 def open_repo(spec: Spec) -> Any:
@@ -140,7 +142,7 @@ def open_repo(spec: Spec) -> Any:
     return repo
 
 
-def open_cube(spec: Spec, branch: str = "main", snapshot: str | None = None) -> xr.Dataset:
+def read_cube(spec: Spec, branch: str = "main", snapshot: str | None = None) -> xr.Dataset:
     """The published cube, opened exactly as a reader would: Icechunk session + xr.open_zarr."""
     repo = open_repo(spec)
     session = repo.readonly_session(snapshot_id=snapshot) if snapshot else repo.readonly_session(branch=branch)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from lib.spec import StorageOptions
 
-__all__ = ["ArrayFragment", "Fragment", "ParseFailure", "ParseOptions", "SourceConfig", "parse_batch", "parse_source"]
+__all__ = ["ArrayFragment", "Fragment", "ParseFailure", "ParseOptions", "SourceConfig", "parse_source", "parse_urls"]
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ def _short(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
 
 
-def parse_batch(
+def parse_urls(
     urls: list[str], source: SourceConfig, options: ParseOptions, retries: int = 3, backoff: float = 0.5
 ) -> list[Fragment | ParseFailure]:
     """Parse a batch of objects, isolating failures per object.
@@ -166,7 +166,7 @@ def parse_batch(
     registry, and returns one result per URL in order. Transient failures are retried with backoff
     here; those that persist come back as transient ``ParseFailure`` so the caller can retry later.
     """
-    from lib.faults import hang_if_asked
+    from lib.local.faults import hang_if_asked
 
     _import_parsers()
     registry = _registry(source)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import xarray as xr
 
-from lib.demo import DemoShape, demo_spec, write_bad_file, write_demo_archive
+from lib.local.archive import DemoShape, demo_spec, write_bad_file, write_demo_archive
 from lib.spec import load_spec
-from tests.helpers import file_url, locations, open_cube
+from tests.helpers import file_url, locations, read_cube
 
 pytestmark = pytest.mark.integration
 
@@ -94,7 +94,7 @@ def test_plan_build_log_through_the_cli(prefect_server: str, icefloe_cli: str, d
 
     good = sorted(p for p in (demo_archive.parent / "archive").rglob("*.nc") if p.name != "step_0002.nc")
     assert locations(spec) == {file_url(p) for p in good}
-    cube = open_cube(spec)
+    cube = read_cube(spec)
     one = xr.open_dataset(good[0]).load()
     xr.testing.assert_identical(cube.DIC.sel(polygon=0, month=1, time=one.time, drop=True).load(), one.DIC)
 
@@ -178,11 +178,17 @@ def test_usage_mistakes_are_one_line_exit_2_fast_and_leave_nothing_behind(
             ["ingest", str(demo_archive), str(source / "polygon_000/month_01/step_0000.nc")],
             rf"is not a file:// or s3:// URL: did you mean {re.escape(named)}\?",
         ),
-        "an object outside the source": (["ingest", str(demo_archive), f"file://{workdir}/elsewhere.nc"], r"is not under the source"),
+        "an object outside the source": (
+            ["ingest", str(demo_archive), f"file://{workdir}/elsewhere.nc"],
+            r"is not under the source",
+        ),
     }
     missing = workdir / "missing.yaml"
     missing.write_text(demo_archive.read_text().replace(str(source), str(source) + "-gone"))
-    cases["a source that does not exist"] = (["build", str(missing)], r"archive-gone/ does not exist .*check source.url")
+    cases["a source that does not exist"] = (
+        ["build", str(missing)],
+        r"archive-gone/ does not exist .*check source.url",
+    )
     nothing = workdir / "nothing.yaml"
     nothing.write_text(demo_archive.read_text().replace("step_*.nc", "step_*.grib"))
     cases["a pattern that matches nothing"] = (

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import xarray as xr
 
-from lib.faults import KILL_ENV, POINTS
 from lib.ledger import read_rows
+from lib.local.faults import KILL_ENV, POINTS
 from lib.spec import Spec, load_spec
-from tests.helpers import dataset, file_url, open_cube, open_repo, spec_text, write_nc4
+from tests.helpers import dataset, file_url, open_repo, read_cube, spec_text, write_nc4
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -54,7 +54,7 @@ def assert_exactly_once(spec: Spec, root: Path) -> None:
     assert set(ingested.values()) == {1}, f"an object was ingested twice: {ingested.most_common(2)}"
     refs = collections.Counter(repo.readonly_session(branch="main").all_virtual_chunk_locations())
     assert set(refs) == {file_url(f) for f in files} and set(refs.values()) == {4}  # 4 chunks of tas per file
-    cube = open_cube(spec).load()
+    cube = read_cube(spec).load()
     for member in {int(f.parent.name.split("_")[1]) for f in files}:
         member_files = sorted((root / f"member_{member}").glob("*.nc"))
         ref = xr.concat([xr.open_dataset(f).load() for f in member_files], dim="time", data_vars="minimal")

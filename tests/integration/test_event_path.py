@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import xarray as xr
 
-from flows.stack import LocalStack, wait_for
-from lib.demo import DemoShape, step_path, write_step
+from flows.local.stack import LocalStack, wait_for
 from lib.ledger import read_rows
+from lib.local.archive import DemoShape, step_path, write_step
 from lib.spec import Spec, load_spec
-from tests.helpers import open_cube, open_repo
+from tests.helpers import open_repo, read_cube
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -109,7 +109,7 @@ def test_put_to_main_through_events_then_lost_and_duplicated_events(cube: Cube) 
     )
     assert cube.ingested() == counts  # the duplicate runs changed nothing
 
-    data = open_cube(cube.spec).load()
+    data = read_cube(cube.spec).load()
     for t in range(5):
         ref = xr.open_dataset(step_path(cube.root / "local", 0, 1, t)).load()
         xr.testing.assert_identical(data.DIC.sel(polygon=0, month=1, drop=True).sel(time=ref.time), ref.DIC)

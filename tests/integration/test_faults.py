@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from lib.demo import DemoShape, step_path, write_demo_archive, write_step
 from lib.ledger import read_rows
+from lib.local.archive import DemoShape, step_path, write_demo_archive, write_step
 from lib.spec import Spec, load_spec
 from tests.faultproxy import FaultProxy, Match
 from tests.helpers import open_repo

@@ -8,10 +8,10 @@ import h5py
 import pytest
 import xarray as xr
 
-from lib.demo import DemoShape, step_path, write_demo_archive, write_step
+from lib.local.archive import DemoShape, step_path, write_demo_archive, write_step
 from lib.maintenance import verify_sources
 from lib.spec import Spec, load_spec
-from tests.helpers import open_cube, open_repo, run_cube
+from tests.helpers import open_repo, read_cube, run_cube
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +38,7 @@ def s3_spec(server: object, bucket: str) -> Spec:
 
 
 def assert_cube_equals(spec: Spec, root: Path) -> None:
-    cube = open_cube(spec).load()
+    cube = read_cube(spec).load()
     for p_dir in sorted(root.glob("polygon_*")):
         for m_dir in sorted(p_dir.glob("month_*")):
             files = sorted(m_dir.glob("*.nc"))
@@ -76,12 +76,12 @@ def test_s3_refs_carry_the_etag(local_s3: object, s3_bucket: str, tmp_path: Path
     assert run_cube(spec).exit_code == 0
     # the same bytes uploaded again still read; other bytes under the same key fail loudly
     upload(local_s3, s3_bucket, root, files[:1])
-    open_cube(spec).DIC.load()
+    read_cube(spec).DIC.load()
     with h5py.File(files[0], "r+") as f:  # new values, same layout: the cube's refs are now stale
         f["DIC"][...] = f["DIC"][...] + 1
     upload(local_s3, s3_bucket, root, files[:1])
     with pytest.raises(Exception, match="checksum"):
-        open_cube(spec).DIC.isel(time=0).load()
+        read_cube(spec).DIC.isel(time=0).load()
     drift = verify_sources(open_repo(spec), spec)
     assert [c["url"] for c in drift.changed] == [f"s3://{s3_bucket}/archive/polygon_000/month_01/step_0000.nc"]
     summary = run_cube(spec, "ingest", replace=True)

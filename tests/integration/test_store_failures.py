@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from lib.demo import DemoShape, write_demo_archive
 from lib.errors import Failure, StorageError, classify_failure
+from lib.local.archive import DemoShape, write_demo_archive
+from lib.pipeline import Step, run_steps
 from lib.repository import branch_state, open_repository
 from lib.runs import CubeRun
 from lib.spec import Spec, load_spec
@@ -59,10 +60,7 @@ def test_an_outage_reading_through_the_cube_is_raised_not_blamed_on_the_file(
     spec = spec_through(s3_bucket, proxy.endpoint, local_s3.endpoint)  # type: ignore[attr-defined]
     run = CubeRun(spec, "build", str(uuid.uuid4()))
     try:
-        run.through_plan()
-        run.prepare()
-        for b in range(len(run.plan_.batches)):  # type: ignore[union-attr]
-            run.commit(b)
+        run_steps(run, until=Step.COMMIT)
         staged = run.repo.lookup_branch(spec.repo.staging)  # type: ignore[union-attr]
         rule = proxy.fail(lambda method, path: method == "GET", status=503, times=10_000, headers=chunk_read)
         with pytest.raises(StorageError, match="the object store failed"):

@@ -11,7 +11,7 @@ import xarray as xr
 
 from lib.coverage import coverage_markdown, coverage_png, measure_coverage
 from lib.export import export_kerchunk
-from tests.helpers import dataset, make_spec, open_cube, open_repo, run_cube, write_nc4
+from tests.helpers import dataset, make_spec, open_repo, read_cube, run_cube, write_nc4
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_kerchunk_export_opens_like_the_cube(holey: object, tmp_path: Path, suff
         chunks=None,
         backend_kwargs={"consolidated": False, "storage_options": {"fo": str(out)}},
     )
-    xr.testing.assert_identical(refs.load(), open_cube(holey).load())  # type: ignore[arg-type]
+    xr.testing.assert_identical(refs.load(), read_cube(holey).load())  # type: ignore[arg-type]
 
 
 def test_kerchunk_export_refuses_other_formats(holey: object, tmp_path: Path) -> None:

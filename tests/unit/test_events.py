@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from flows.bridge import poll_sqs, replay, serve_webhook
+from flows.services.bridge import poll_sqs, replay, serve_webhook
 from lib.events import MAX_BODY_BYTES, MalformedNotification, ObjectEvent, parse_notification
 
 

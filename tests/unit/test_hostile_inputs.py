@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from lib.pipeline import Step, run_steps
 from lib.runs import CubeRun
-from tests.helpers import dataset, file_url, locations, make_spec, open_cube, run_cube, write_nc3, write_nc4
+from tests.helpers import dataset, file_url, locations, make_spec, read_cube, run_cube, write_nc3, write_nc4
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -270,7 +271,7 @@ def test_bad_input_is_refused_and_the_batch_lands(workdir: Path, kind: str) -> N
         elif pattern:
             assert any(re.search(pattern, n) for n in summary.notes), summary.notes
     assert {file_url(g) for g in goods} <= locations(spec)
-    cube = open_cube(spec)
+    cube = read_cube(spec)
     for g in goods:
         ref = xr.open_dataset(g).load()
         xr.testing.assert_identical(cube.tas.sel(time=ref.time).load(), ref.tas)
@@ -282,7 +283,7 @@ def test_a_file_that_changes_while_it_is_parsed(workdir: Path, monkeypatch: pyte
     goods = [write_nc4(workdir / "archive" / f"d{t:02d}.nc", good(day=t)) for t in range(3)]
     victim = workdir / "archive" / "d09.nc"
     nc4(victim)
-    original = parsing.parse_batch
+    original = parsing.parse_urls
 
     def parse_then_rewrite(urls: list[str], *args: Any, **kw: Any) -> list[Any]:
         results = original(urls, *args, **kw)
@@ -290,7 +291,7 @@ def test_a_file_that_changes_while_it_is_parsed(workdir: Path, monkeypatch: pyte
             os.utime(victim, (1, 2_000_000_000))
         return results
 
-    monkeypatch.setattr(parsing, "parse_batch", parse_then_rewrite)
+    monkeypatch.setattr(parsing, "parse_urls", parse_then_rewrite)
     summary = run_cube(make_spec(workdir, "d*.nc", extra="checks:\n  regular: []\n"))
     assert [q["url"] for q in summary.quarantined] == [file_url(victim)]
     assert "changed while it was being parsed" in summary.quarantined[0]["reason"]
@@ -305,7 +306,7 @@ def test_enum_variables_land_as_their_codes_with_the_mapping(workdir: Path) -> N
     spec = make_spec(workdir, "d*.nc", extra="checks:\n  regular: []\n")
     summary = run_cube(spec)
     assert summary.exit_code == 0, summary.quarantined
-    sky = open_cube(spec)["sky"]
+    sky = read_cube(spec)["sky"]
     assert sky.attrs["flag_values"] == [0, 1] and sky.attrs["flag_meanings"] == "cloud clear"
     np.testing.assert_array_equal(sky.values, [0, 1, 0])
 
@@ -332,7 +333,8 @@ def test_a_parser_that_hangs_is_stopped_and_only_its_file_refused(
     )
     run = CubeRun(spec, "build", "hang-test")
     try:
-        plan = run.through_plan()
+        run_steps(run, until=Step.PLAN)
+        plan = run.plan_
         quarantined = dict(plan.quarantined) if plan else {}
     finally:
         run.close()
@@ -353,7 +355,7 @@ def test_encoded_and_lookalike_keys_stay_inside_the_source(workdir: Path) -> Non
     assert summary.exit_code == 0 and summary.ingested == 4, summary.quarantined
     # refs are stored percent-encoded; decoded once they name exactly the files inside the source
     assert {urllib.parse.unquote(u) for u in locations(spec)} == {file_url(f) for f in files}
-    cube = open_cube(spec)
+    cube = read_cube(spec)
     for f in files:
         ref = xr.open_dataset(f).load()
         xr.testing.assert_identical(cube.tas.sel(time=ref.time).load(), ref.tas)

@@ -12,9 +12,9 @@ import pytest
 import xarray as xr
 
 from lib import ledger
-from lib.maintenance import maintain_repository, verify_sources
+from lib.maintenance import prune_history, verify_sources
 from lib.spec import Spec
-from tests.helpers import dataset, file_url, locations, make_spec, open_cube, open_repo, run_cube, write_nc4
+from tests.helpers import dataset, file_url, locations, make_spec, open_repo, read_cube, run_cube, write_nc4
 
 PATTERN = "member_{member:d}/day_*.nc"
 
@@ -29,7 +29,7 @@ def write_day(workdir: Path, member: int, day: int, **kw: object) -> Path:
 
 def assert_matches_files(spec: Spec, workdir: Path, snapshot: str | None = None) -> xr.Dataset:
     """Every member's series in the cube equals xarray on that member's files, value for value."""
-    cube = open_cube(spec, snapshot=snapshot).load()
+    cube = read_cube(spec, snapshot=snapshot).load()
     for member_dir in sorted((workdir / "archive").glob("member_*")):
         member = int(member_dir.name.split("_")[1])
         files = sorted(member_dir.glob("day_*.nc"))
@@ -77,7 +77,7 @@ def test_append_along_time_then_members_then_both(cube: tuple[Spec, Path]) -> No
     assert locations(spec) == {file_url(p) for p in (workdir / "archive").rglob("*.nc")}
     assert int(cube_now.tas.notnull().sum()) == 20 * 4 * 6
 
-    old = open_cube(spec, snapshot=first)  # readers of the first snapshot keep its shape
+    old = read_cube(spec, snapshot=first)  # readers of the first snapshot keep its shape
     assert dict(old.sizes) == {"member": 2, "time": 3, "lat": 4, "lon": 6}
 
 
@@ -170,13 +170,13 @@ def test_verify_finds_rewritten_and_deleted_sources_and_replace_repairs(cube: tu
     drift = verify_sources(open_repo(spec), spec)
     assert [c["url"] for c in drift.changed] == [file_url(rewritten)] and drift.gone == [file_url(deleted)]
     with pytest.raises(Exception, match="checksum"):  # reading the stale refs fails loudly, never silently
-        open_cube(spec).tas.sel(member=2).load()
+        read_cube(spec).tas.sel(member=2).load()
 
     s = run_cube(spec, "ingest")
     assert s.changed == [file_url(rewritten)] and s.ingested == 0  # reported, never silently doubled
     s = run_cube(spec, "ingest", replace=True)
     assert s.ingested == 1 and s.exit_code == 0
-    cube_now = open_cube(spec).sel(member=2, drop=True).load()
+    cube_now = read_cube(spec).sel(member=2, drop=True).load()
     xr.testing.assert_identical(cube_now.tas.isel(time=[1]), xr.open_dataset(rewritten).tas.load())
     assert [c["url"] for c in verify_sources(open_repo(spec), spec).changed] == []
 
@@ -202,10 +202,10 @@ def test_maintain_expires_history_but_keeps_the_cube(cube: tuple[Spec, Path]) ->
     write_day(workdir, 2, 3)
     run_cube(spec, "ingest")
     repo = open_repo(spec)
-    done = maintain_repository(repo, spec, older_than_days=0)
+    done = prune_history(repo, spec, older_than_days=0)
     assert done["history_after"] < done["history_before"]
     assert_matches_files(spec, workdir)
-    assert np.isfinite(open_cube(spec).tas.values).all()
+    assert np.isfinite(read_cube(spec).tas.values).all()
 
 
 def test_an_ingest_of_named_objects_looks_them_up_without_listing(

@@ -11,7 +11,7 @@ import xarray as xr
 
 from lib.ledger import read_schema
 from lib.runs import nativize_cube
-from tests.helpers import dataset, make_spec, open_cube, open_repo, run_cube, write_nc4
+from tests.helpers import dataset, make_spec, open_repo, read_cube, run_cube, write_nc4
 
 
 def write_days(workdir: Path, days: range) -> list[Path]:
@@ -24,11 +24,11 @@ def test_nativize_an_existing_cube(workdir: Path) -> None:
     assert run_cube(spec).exit_code == 0
     schema = read_schema(open_repo(spec).readonly_session(branch="main").store)
     assert {p for p, v in schema.variables.items() if v.kind == "virtual"} == {"tas", "lat", "lon", "height"}
-    before = open_cube(spec).load()
+    before = read_cube(spec).load()
 
     done = nativize_cube(spec, str(uuid.uuid4()))
     assert done["nativized"] == ["lat", "lon"] and done["published"]
-    after = open_cube(spec).load()
+    after = read_cube(spec).load()
     xr.testing.assert_identical(after, before)
 
     # new files still land, their lat/lon now loaded natively and compared by value
@@ -37,7 +37,7 @@ def test_nativize_an_existing_cube(workdir: Path) -> None:
     assert summary.exit_code == 0 and summary.ingested == 2
 
     shutil.move(workdir / "archive", workdir / "moved")
-    cube = open_cube(spec)  # opening reads no source file any more
+    cube = read_cube(spec)  # opening reads no source file any more
     assert cube.lat.values.tolist() == before.lat.values.tolist()
     with pytest.raises(Exception):  # noqa: B017 - the data itself is still only referenced
         cube.tas.load()
@@ -50,4 +50,4 @@ def test_nativize_as_a_build_option(workdir: Path) -> None:
     summary = run_cube(spec)
     assert summary.exit_code == 0 and any("stored natively: lat, lon" in n for n in summary.notes)
     ref = xr.concat([xr.open_dataset(f).load() for f in files], dim="time", data_vars="minimal")
-    xr.testing.assert_identical(open_cube(spec).load(), ref)
+    xr.testing.assert_identical(read_cube(spec).load(), ref)

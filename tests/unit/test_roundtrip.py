@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from lib.demo import DemoShape, write_demo_archive
+from lib.local.archive import DemoShape, write_demo_archive
 from tests.helpers import (
     dataset,
     file_url,
     locations,
     make_spec,
-    open_cube,
     open_repo,
+    read_cube,
     run_cube,
     write_nc3,
     write_nc4,
@@ -50,7 +50,7 @@ def test_netcdf4_chunked_zlib_shuffle_along_time_with_per_file_time_units(workdi
     summary = run_cube(spec)
     assert summary.exit_code == 0 and summary.ingested == 5 and summary.published
     assert summary.dims == {"time": 5, "lat": 4, "lon": 6}
-    cube = open_cube(spec).load()
+    cube = read_cube(spec).load()
     xr.testing.assert_identical(cube, reference(files))
     assert locations(spec) == {file_url(f) for f in files}
     assert cube.tas.encoding["compressors"][-1].codec_config["level"] == 4  # codecs kept with their levels
@@ -62,7 +62,7 @@ def test_netcdf4_contiguous_single_file_cube(workdir: Path) -> None:
         assert f["tas"].chunks is None  # the layout under test really is contiguous
     spec = make_spec(workdir, "*.nc", concat="[]")
     assert run_cube(spec).exit_code == 0
-    xr.testing.assert_identical(open_cube(spec).load(), reference([path]))
+    xr.testing.assert_identical(read_cube(spec).load(), reference([path]))
 
 
 def test_plain_hdf5_written_with_h5py(workdir: Path) -> None:
@@ -74,7 +74,7 @@ def test_plain_hdf5_written_with_h5py(workdir: Path) -> None:
         f.attrs["institution"] = "test"
     spec = make_spec(workdir, "*.h5", concat="[]")
     assert run_cube(spec).exit_code == 0
-    cube = open_cube(spec).load()
+    cube = read_cube(spec).load()
     xr.testing.assert_identical(cube, xr.open_dataset(path, engine="h5netcdf", phony_dims="sort").load())
 
 
@@ -89,7 +89,7 @@ def test_netcdf3_with_record_variables(workdir: Path, fmt: str) -> None:
     spec = make_spec(workdir, "part_*.nc")
     summary = run_cube(spec)
     assert summary.exit_code == 0 and summary.dims["time"] == 9
-    xr.testing.assert_identical(open_cube(spec).load(), reference(files))
+    xr.testing.assert_identical(read_cube(spec).load(), reference(files))
 
 
 def test_fits_images_with_and_without_scaling(workdir: Path) -> None:
@@ -101,7 +101,7 @@ def test_fits_images_with_and_without_scaling(workdir: Path) -> None:
     fits.HDUList([primary, fits.ImageHDU(np.linspace(0, 1, 6, dtype=">f4").reshape(2, 3), name="ERR")]).writeto(path)
     spec = make_spec(workdir, "*.fits", concat="[]")
     assert run_cube(spec).exit_code == 0
-    cube = open_cube(spec).load()
+    cube = read_cube(spec).load()
     with fits.open(path) as hdus:
         np.testing.assert_array_equal(cube["PRIMARY"].values, hdus[0].data.astype("f8"))
         np.testing.assert_array_equal(cube["ERR"].values, hdus["ERR"].data)
@@ -119,7 +119,7 @@ def test_new_dims_from_integer_and_string_path_fields(workdir: Path) -> None:
     spec = make_spec(workdir, "{model}/r{member:d}/t*.nc")
     summary = run_cube(spec)
     assert summary.exit_code == 0 and summary.dims == {"model": 2, "member": 2, "time": 3, "lat": 4, "lon": 6}
-    cube = open_cube(spec).load()
+    cube = read_cube(spec).load()
     assert cube.model.values.tolist() == ["access", "cesm"] and cube.member.values.tolist() == [1, 2]
     for (model, member), paths in files.items():
         got = cube.sel(model=model, member=member).drop_vars(["model", "member"])
@@ -132,7 +132,7 @@ def test_demo_six_dimensional_cube(workdir: Path) -> None:
     spec = make_spec(workdir, "polygon_{polygon:d}/month_{month:d}/step_*.nc")
     summary = run_cube(spec)
     assert summary.dims == {"polygon": 2, "month": 2, "time": 3, "depth": 5, "lat": 16, "lon": 16}
-    cube = open_cube(spec).load()
+    cube = read_cube(spec).load()
     assert cube.DIC.dims == ("polygon", "month", "time", "depth", "lat", "lon")
     assert cube.injection_rate.dims == ("polygon", "month")
     for p in range(2):
@@ -154,6 +154,6 @@ def test_rebuild_keeps_history_and_duplicates_nothing(workdir: Path) -> None:
     second = run_cube(spec)
     after = [s.id for s in open_repo(spec).ancestry(branch="main")]
     assert second.snapshot != first.snapshot and first.snapshot in after and len(after) > len(before)
-    xr.testing.assert_identical(open_cube(spec).load(), reference(files))
-    xr.testing.assert_identical(open_cube(spec, snapshot=first.snapshot).load(), reference(files))
+    xr.testing.assert_identical(read_cube(spec).load(), reference(files))
+    xr.testing.assert_identical(read_cube(spec, snapshot=first.snapshot).load(), reference(files))
     assert locations(spec) == {file_url(f) for f in files}

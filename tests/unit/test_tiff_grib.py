@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from tests.helpers import file_url, locations, make_spec, open_cube, run_cube
+from tests.helpers import file_url, locations, make_spec, read_cube, run_cube
 
 
 def write_tiff(path: Path, seed: int, **kw: object) -> np.ndarray:
@@ -59,7 +59,7 @@ def test_tiff_scenes_tiled_and_striped(workdir: Path) -> None:
     spec = make_spec(workdir, "scene_{scene:d}.tif", concat="[]")
     summary = run_cube(spec)
     assert summary.exit_code == 0 and summary.dims == {"scene": 3, "y": 48, "x": 64}
-    cube = open_cube(spec).load()
+    cube = read_cube(spec).load()
     for s, data in tiled.items():
         np.testing.assert_array_equal(
             cube["0"].sel(scene=s).values, tifffile.imread(workdir / "archive" / f"scene_{s}.tif")
@@ -84,7 +84,7 @@ def test_grib2_messages_along_time(workdir: Path) -> None:
     summary = run_cube(spec)
     assert summary.exit_code == 0, summary
     assert summary.dims["time"] == 3 and summary.dims["latitude"] == 4 and summary.dims["longitude"] == 8
-    cube = open_cube(spec).load()
+    cube = read_cube(spec).load()
     for hour, when in enumerate(files):
         ref = xr.open_dataset(
             workdir / "archive" / f"t_{hour}.grib2", engine="cfgrib", backend_kwargs={"indexpath": ""}

@@ -24,7 +24,7 @@ from lib.errors import StorageError
 
 __all__ = ["LocalS3", "start_local_s3"]
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "infra" / "seaweedfs"
+TEMPLATES = Path(__file__).resolve().parents[2] / "infra" / "seaweedfs"
 GRPC_OFFSET = 10_000
 
 

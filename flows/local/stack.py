@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lib.errors import StorageError
-from lib.seaweedfs import LocalS3, start_local_s3
+from lib.local.seaweedfs import LocalS3, start_local_s3
 
 __all__ = ["LocalStack", "wait_for"]
 

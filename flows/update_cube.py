@@ -1,7 +1,8 @@
-"""The steps shared by ``build_cube`` and ``ingest_objects``: one update of a cube, as tasks.
+"""The body shared by ``build_cube`` and ``ingest_objects``: one update of a cube, each step a task.
 
-discover → parse (per batch) → plan → prepare → commit (per batch) → check → publish. A run that
-loses a race to another writer (a compare-and-swap failed) re-plans from the new tip.
+The steps and their order are :mod:`lib.pipeline`'s; this module maps each step to its Prefect task and
+reports progress (the command's bars, a progress artifact in the UI). A run that loses a race to
+another writer (a compare-and-swap failed) re-plans from the new tip.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from prefect.runtime import flow_run
 from flows import progress
 from lib.errors import ConflictError, PublishBlocked
 from lib.locks import writer_lock
+from lib.pipeline import Step, run_steps
 from lib.runs import CubeRun
 from lib.spec import load_spec
 from tasks.check import check_staging
@@ -31,30 +33,54 @@ __all__ = ["update_cube"]
 
 ATTEMPTS = 3
 
+TASKS = {
+    Step.OPEN: open_cube,
+    Step.DISCOVER: discover_objects,
+    Step.PARSE: parse_batch,
+    Step.PLAN: plan_cube,
+    Step.PREPARE: prepare_staging,
+    Step.COMMIT: commit_batch,
+    Step.NATIVIZE: nativize_staging,
+    Step.CHECK: check_staging,
+    Step.PUBLISH: publish_cube,
+}
 
-def _steps(run: CubeRun) -> None:
-    open_cube(run)
-    found = discover_objects(run)
-    batches = found["batches"]
-    artifact = create_progress_artifact(0.0, description=f"icefloe {run.operation}: parsing and committing")
-    steps = max(2 * batches, 1)
-    progress.start("parse", found["pending"])
-    for b in range(batches):
-        parse_batch(run, b)
-        progress.advance("parse", len(run.batches[b]))
-        update_progress_artifact(artifact, 100.0 * (b + 1) / steps)
-    plan_cube(run)
-    prepare_staging(run)
-    planned = run.plan_.batches if run.plan_ else []
-    progress.start("commit", run.plan_.accepted if run.plan_ else 0)
-    for b, urls in enumerate(planned):
-        commit_batch(run, b)
-        progress.advance("commit", len(urls))
-        update_progress_artifact(artifact, 100.0 * (batches + b + 1) / steps)
-    nativize_staging(run)
-    check_staging(run)
-    publish_cube(run)
-    update_progress_artifact(artifact, 100.0)
+
+class TaskSteps:
+    """Performs each step as its task, and tells the watchers how far the run is."""
+
+    def __init__(self, run: CubeRun) -> None:
+        self.run = run
+        self.artifact: Any = None
+
+    def _share(self, done: int) -> float:
+        total = max(len(self.run.batches) + (len(self.run.plan_.batches) if self.run.plan_ else 0), 1)
+        return 100.0 * done / total
+
+    def __call__(self, step: Step, *args: Any) -> Any:
+        run = self.run
+        if step == Step.PARSE and args[0] == 0:
+            self.artifact = create_progress_artifact(
+                0.0, description=f"icefloe {run.operation}: parsing and committing"
+            )
+            progress.start("parse", sum(map(len, run.batches)))
+        if step == Step.COMMIT and args[0] == 0:
+            progress.start("commit", run.plan_.accepted if run.plan_ else 0)
+        size = len(run.batches[args[0]]) if step == Step.PARSE else 0
+        result = TASKS[step](run, *args)
+        if step == Step.PARSE:
+            progress.advance("parse", size)
+            self._update(args[0] + 1)
+        elif step == Step.COMMIT and run.plan_ is not None:
+            progress.advance("commit", len(run.plan_.batches[args[0]]))
+            self._update(len(run.batches) + args[0] + 1)
+        elif step == Step.PUBLISH and self.artifact is not None:
+            update_progress_artifact(self.artifact, 100.0)
+        return result
+
+    def _update(self, done: int) -> None:
+        if self.artifact is not None:
+            update_progress_artifact(self.artifact, self._share(done))
 
 
 def update_cube(
@@ -79,7 +105,7 @@ def update_cube(
         for attempt in range(1, ATTEMPTS + 1):
             run = CubeRun(spec, operation, run_id, flow_run=flow_run.get_id(), urls=urls, replace=replace)
             try:
-                _steps(run)
+                run_steps(run, TaskSteps(run))
                 summary = run.finish()
                 break
             except ConflictError as e:

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lib.demo import DemoShape, demo_spec, step_path, write_bad_file, write_demo_archive, write_step
 from lib.errors import IcefloeError, PublishBlocked
+from lib.local.archive import DemoShape, demo_spec, step_path, write_bad_file, write_demo_archive, write_step
 
 __all__ = ["open_snippet", "run_demo", "run_s3_demo"]
 
@@ -101,7 +101,7 @@ def run_s3_demo(directory: Path, console: Any) -> dict[str, Any]:
     """The event path on loopback: SeaweedFS → filer webhook → bridge → Prefect event → served ingest."""
     import json
 
-    from flows.stack import LocalStack, wait_for
+    from flows.local.stack import LocalStack, wait_for
     from lib.ledger import INGESTED, read_rows
     from lib.repository import open_repository
     from lib.spec import load_spec

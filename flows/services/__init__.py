@@ -1,0 +1,2 @@
+"""Long-running programs beside the flows (not flows themselves): the event bridge that turns object-store
+notifications into Prefect events."""
