@@ -30,7 +30,8 @@ from lib.ledger import INGESTED, QUARANTINED
 from lib.local.faults import checkpoint
 from lib.memory import release
 from lib.parsing import ParseOptions, SourceConfig
-from lib.planning import ParsedBatch, Plan, cube_sizes, parse_objects, plan_update
+from lib.parsing.fanout import ParsedBatch, parse_objects
+from lib.planning import Plan, cube_sizes, plan_update
 from lib.quality import CUBE, FILE, Finding
 from lib.report import RunSummary
 from lib.repository import open_repository, publish, reset_branch, set_manifest_splitting

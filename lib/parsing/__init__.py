@@ -65,7 +65,7 @@ def _import_parsers() -> None:
 
 
 @lru_cache(maxsize=8)
-def _registry(config: SourceConfig) -> ObjectStoreRegistry:
+def registry_for(config: SourceConfig) -> ObjectStoreRegistry:
     from lib.storage import source_registry
 
     return source_registry(config.url, config.storage)
@@ -169,7 +169,7 @@ def parse_urls(
     from lib.local.faults import hang_if_asked
 
     _import_parsers()
-    registry = _registry(source)
+    registry = registry_for(source)
     results: list[Fragment | ParseFailure] = []
     for url in urls:
         hang_if_asked(url)

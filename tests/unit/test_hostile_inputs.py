@@ -319,14 +319,14 @@ def test_a_parser_that_hangs_is_stopped_and_only_its_file_refused(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A worker process stuck on one file is killed; that file is quarantined, the others land."""
-    import lib.planning as planning
+    import lib.parsing.fanout as fanout
 
     goods = [write_nc4(workdir / "archive" / f"d{t:02d}.nc", good(day=t)) for t in range(3)]
     hang = workdir / "archive" / "d09.nc"
     nc4(hang)
     hang.with_name("HANG").write_text(str(hang))  # the worker-side hook below looks for this marker
-    monkeypatch.setattr(planning, "PARSE_SECONDS_PER_CALL", 20.0)  # worker start-up fits in easily
-    monkeypatch.setattr(planning, "PARSE_SECONDS_PER_OBJECT", 0.5)
+    monkeypatch.setattr(fanout, "PARSE_SECONDS_PER_CALL", 20.0)  # worker start-up fits in easily
+    monkeypatch.setattr(fanout, "PARSE_SECONDS_PER_OBJECT", 0.5)
     monkeypatch.setenv("ICEFLOE_TEST_HANG_ON", str(hang))
     spec = make_spec(workdir, "d*.nc", extra="checks:\n  regular: []\n").model_copy(
         update={"execution": make_spec(workdir, "d*.nc").execution.model_copy(update={"executor": "processes"})}
