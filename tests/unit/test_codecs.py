@@ -1,0 +1,179 @@
+"""HDF5 files compressed with hdf5plugin's filters (Blosc, LZ4, Zstd, Bitshuffle) land in the cube and read
+back bit for bit; chunks HDF5 stored without their filter (a non-zero filter mask) are refused by name;
+the codecs decode what hdf5plugin writes and round-trip what they encode; h5py reads every filter in
+any process icefloe opens a source in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import h5py
+import hdf5plugin
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import BytesCodec
+
+from lib.codecs import BitshuffleH5Codec, Lz4H5Codec, bitshuffle_config, load_filter_plugins
+
+pytestmark = pytest.mark.timeout(300)
+
+# -- the codecs on their own: hdf5plugin's bytes in, h5py's values out, and back ------------------
+
+# name → hdf5plugin filter; each writes chunks of more than one block, and a last block cut to 8 elements
+CODEC_FILTERS: dict[str, Callable[[], Any]] = {
+    "lz4": lambda: hdf5plugin.LZ4(),
+    "lz4-small-blocks": lambda: hdf5plugin.LZ4(nbytes=1000),
+    "bitshuffle-lz4": lambda: hdf5plugin.Bitshuffle(),
+    "bitshuffle-lz4-64": lambda: hdf5plugin.Bitshuffle(nelems=64),
+    "bitshuffle-zstd": lambda: hdf5plugin.Bitshuffle(cname="zstd", clevel=7),
+    "bitshuffle-none": lambda: hdf5plugin.Bitshuffle(cname="none"),
+    "bitshuffle-none-64": lambda: hdf5plugin.Bitshuffle(nelems=64, cname="none"),
+}
+SHAPE, CHUNKS = (20, 2100), (9, 1001)  # 9,009 elements per chunk: more than a default block, not a multiple of 8
+
+
+def _codec_for(dataset: h5py.Dataset) -> Any:
+    (filter_id, cd_values), *_ = dataset._filters.items()
+    if filter_id == "32004":
+        return Lz4H5Codec(blocksize=cd_values[0] or None)
+    return BitshuffleH5Codec.from_dict(bitshuffle_config(cd_values))
+
+
+@pytest.fixture(params=sorted(CODEC_FILTERS))
+def hdf5plugin_file(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """One dataset per dtype, written with h5py and the filter, chunks partly outside the shape."""
+    load_filter_plugins()
+    rng = np.random.default_rng(11)
+    path = tmp_path / f"{request.param}.h5"
+    with h5py.File(path, "w") as f:
+        for dtype in ("u1", "i2", "f4", "f8"):
+            values = (rng.standard_normal(SHAPE) * 50).astype(dtype)
+            f.create_dataset(dtype, data=values, chunks=CHUNKS, **CODEC_FILTERS[request.param]())
+    return path
+
+
+def _raw_chunks(dataset: h5py.Dataset) -> dict[str, bytes]:
+    """Every chunk's stored bytes, keyed as a Zarr v3 array stores them ("c/i/j")."""
+    out = {}
+    for index in range(dataset.id.get_num_chunks()):
+        info = dataset.id.get_chunk_info(index)
+        mask, raw = dataset.id.read_direct_chunk(info.chunk_offset)
+        assert mask == 0
+        key = "/".join(str(o // c) for o, c in zip(info.chunk_offset, dataset.chunks, strict=True))
+        out[f"c/{key}"] = raw
+    return out
+
+
+def _array(store: dict[str, Any], dataset: h5py.Dataset) -> zarr.Array:
+    return zarr.create_array(
+        zarr.storage.MemoryStore(store_dict=store),
+        shape=dataset.shape,
+        chunks=dataset.chunks,
+        dtype=dataset.dtype,
+        serializer=BytesCodec(),
+        compressors=[_codec_for(dataset)],
+        fill_value=0,
+    )
+
+
+def test_codecs_decode_the_chunks_hdf5plugin_writes(hdf5plugin_file: Path) -> None:
+    from zarr.core.buffer import cpu
+
+    with h5py.File(hdf5plugin_file, "r") as f:
+        for dtype, dataset in f.items():
+            store: dict[str, Any] = {}
+            array = _array(store, dataset)
+            for key, raw in _raw_chunks(dataset).items():
+                store[key] = cpu.Buffer.from_bytes(raw)
+            got, want = array[...], dataset[()]
+            assert got.dtype == want.dtype, dtype
+            np.testing.assert_array_equal(got.view(f"u{want.itemsize}"), want.view(f"u{want.itemsize}"), err_msg=dtype)
+
+
+def test_codecs_encode_the_bytes_hdf5plugin_writes_and_read_them_back(hdf5plugin_file: Path) -> None:
+    with h5py.File(hdf5plugin_file, "r") as f:
+        for dtype, dataset in f.items():
+            store: dict[str, Any] = {}
+            array = _array(store, dataset)
+            array[...] = dataset[()]
+            written = {key: value.to_bytes() for key, value in store.items() if key.startswith("c/")}
+            assert written == _raw_chunks(dataset), dtype
+            np.testing.assert_array_equal(array[...], dataset[()], err_msg=dtype)
+
+
+@pytest.mark.parametrize(
+    ("damage", "error"),
+    [
+        (lambda raw: raw[:-10], r"LZ4_decompress_safe"),  # the last block cut short
+        (lambda raw: raw + b"\0" * 8, r"icefloe.bitshuffle_h5: the chunk holds \d+ bytes; its blocks account for"),
+        (lambda raw: raw[:8], r"shorter than its header"),
+        (lambda raw: raw[:4] + b"\1" + raw[5:], r"the chunk header says \d+ bytes .* the array's chunk holds 16004"),
+    ],
+)
+def test_a_damaged_bitshuffle_chunk_is_an_error_not_wrong_values(
+    tmp_path: Path, damage: Callable[[bytes], bytes], error: str
+) -> None:
+    from zarr.core.buffer import cpu
+
+    load_filter_plugins()
+    with h5py.File(tmp_path / "t.h5", "w") as f:
+        dataset = f.create_dataset("v", data=np.arange(4001, dtype="f4"), chunks=(4001,), **hdf5plugin.Bitshuffle())
+        store: dict[str, Any] = {}
+        array = _array(store, dataset)
+        (key, raw), *_ = _raw_chunks(dataset).items()
+        store[key] = cpu.Buffer.from_bytes(damage(raw))
+        with pytest.raises((ValueError, RuntimeError), match=error):
+            array[...]
+
+
+@pytest.mark.parametrize(
+    ("cd_values", "configuration"),
+    [
+        ((0, 4, 4, 0, 2), {"elementsize": 4, "blocksize": 0, "compression": "lz4"}),
+        ((0, 4, 8, 64, 3, 7), {"elementsize": 8, "blocksize": 64, "compression": "zstd", "level": 7}),
+        ((0, 4, 2, 0, 0), {"elementsize": 2, "blocksize": 0, "compression": "none"}),
+        ((0, 4, 1, 0), {"elementsize": 1, "blocksize": 0, "compression": "none"}),
+    ],
+)
+def test_bitshuffle_filter_settings_become_the_codec_document(
+    cd_values: tuple[int, ...], configuration: dict[str, Any]
+) -> None:
+    document = bitshuffle_config(cd_values)
+    assert document == {"name": "icefloe.bitshuffle_h5", "configuration": configuration}
+    assert BitshuffleH5Codec.from_dict(document).to_dict() == document
+    assert zarr.registry.get_codec_class("icefloe.bitshuffle_h5") is BitshuffleH5Codec
+
+
+def test_lz4_codec_document_is_the_one_virtualizarr_writes() -> None:
+    from virtualizarr.codecs import zarr_codec_config_to_v3
+    from virtualizarr.parsers.hdf.filters import _filter_to_codec
+
+    document = zarr_codec_config_to_v3(_filter_to_codec("32004", (0,)).get_config())
+    assert document == {"name": "numcodecs.imagecodecs_lz4h5", "configuration": {"level": None, "blocksize": None}}
+    assert Lz4H5Codec.from_dict(document).to_dict() == document
+    assert zarr.registry.get_codec_class("numcodecs.imagecodecs_lz4h5") is Lz4H5Codec
+
+
+@pytest.mark.parametrize(
+    ("cd_values", "message"),
+    [((0, 4), r"lacks the element size"), ((0, 4, 4, 0, 1), r"names compression 1")],
+)
+def test_bitshuffle_settings_icefloe_cannot_decode_are_refused(cd_values: tuple[int, ...], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        bitshuffle_config(cd_values)
+
+
+@pytest.mark.parametrize(
+    ("configuration", "message"),
+    [
+        ({"elementsize": 0}, r"elementsize must be positive"),
+        ({"elementsize": 4, "blocksize": 12}, r"blocksize must be 0 or a positive multiple of 8"),
+        ({"elementsize": 4, "compression": "lzma"}, r"compression must be 'none', 'lz4' or 'zstd'"),
+    ],
+)
+def test_bitshuffle_codec_refuses_a_bad_configuration(configuration: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        BitshuffleH5Codec(**configuration)
