@@ -9,7 +9,8 @@ shape, fill value) are VirtualiZarr's own functions, so both paths agree by cons
 
 What it cannot represent it leaves out and lists as skipped, with the reason: variable-length
 sequences, object references, compound types, HDF5 virtual/external storage and filters without a
-Zarr codec. Compact datasets and variable-length strings are read and stored natively.
+Zarr codec. Compact datasets and variable-length strings are read and stored natively. The
+Bitshuffle filter, which VirtualiZarr does not map, gets icefloe's codec (:mod:`lib.codecs`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lib.codecs import BITSHUFFLE_FILTER_ID, bitshuffle_config
 from lib.errors import SourceError
 from lib.parsing.fragment import ArrayFragment, Fragment, json_safe_attributes
 from lib.parsing.policy import ParseOptions
@@ -229,6 +231,21 @@ def _refs(url: str, dataset: Any, chunks: tuple[int, ...]) -> tuple[np.ndarray, 
     return offsets, lengths
 
 
+def _codec_configs(dataset: Any) -> list[dict[str, Any]]:
+    """The Zarr v3 codec documents for a dataset's filters, in pipeline order: VirtualiZarr's mapping
+    (``codecs_from_dataset``, one filter at a time), except Bitshuffle, which it cannot map."""
+    from virtualizarr.codecs import zarr_codec_config_to_v3
+    from virtualizarr.parsers.hdf.filters import _filter_to_codec
+
+    configs: list[dict[str, Any]] = []
+    for filter_id, properties in dataset._filters.items():
+        if filter_id == str(BITSHUFFLE_FILTER_ID):
+            configs.append(bitshuffle_config(tuple(properties)))
+        else:
+            configs.append(zarr_codec_config_to_v3(_filter_to_codec(filter_id, properties).get_config()))
+    return configs
+
+
 def _read_values(dataset: Any) -> np.ndarray:
     import h5py
 
@@ -254,8 +271,6 @@ def _array_fragment(
     url: str, dataset: Any, group: str, path: str, options: ParseOptions, notes: list[str]
 ) -> ArrayFragment:
     import h5py
-    from virtualizarr.codecs import zarr_codec_config_to_v3
-    from virtualizarr.parsers.hdf.filters import codecs_from_dataset
     from virtualizarr.parsers.hdf.hdf import _chunk_shape, _get_fill_value, _vlen_string_chunk_shape
     from virtualizarr.parsers.utils import encode_cf_fill_value
 
@@ -274,7 +289,7 @@ def _array_fragment(
         chunks, codec_configs = _vlen_string_chunk_shape(dataset), []
     else:
         chunks = _chunk_shape(dataset)
-        codec_configs = [zarr_codec_config_to_v3(codec.get_config()) for codec in codecs_from_dataset(dataset)]
+        codec_configs = _codec_configs(dataset)
     fill_value = _get_fill_value(dataset)
     dtype_key = "StringDType" if vlen_string else dtype.str
     data_type, codecs, fill_json = _array_template(dtype_key, json.dumps(codec_configs), _fill_to_json(fill_value))

@@ -13,10 +13,12 @@ import h5py
 import hdf5plugin
 import numpy as np
 import pytest
+import xarray as xr
 import zarr
 from zarr.codecs import BytesCodec
 
 from lib.codecs import BitshuffleH5Codec, Lz4H5Codec, bitshuffle_config, load_filter_plugins
+from tests.helpers import dataset, make_spec, open_cube, run_cube
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -177,3 +179,72 @@ def test_bitshuffle_settings_icefloe_cannot_decode_are_refused(cd_values: tuple[
 def test_bitshuffle_codec_refuses_a_bad_configuration(configuration: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         BitshuffleH5Codec(**configuration)
+
+
+SPOT_CHECK_ALL = "checks:\n  regular: []\n  spot_check: {files: all, chunks_per_variable: 8}\n"
+
+# name → (the hdf5plugin filter, the codec name the cube's metadata must hold)
+FILTERS: dict[str, tuple[Callable[[], Any], str]] = {
+    "blosc": (lambda: hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE), "numcodecs.blosc"),
+    "lz4": (lambda: hdf5plugin.LZ4(), "numcodecs.imagecodecs_lz4h5"),
+    "zstd": (lambda: hdf5plugin.Zstd(clevel=3), "numcodecs.zstd"),
+    "bitshuffle-lz4": (lambda: hdf5plugin.Bitshuffle(), "icefloe.bitshuffle_h5"),
+    "bitshuffle-none": (lambda: hdf5plugin.Bitshuffle(cname="none"), "icefloe.bitshuffle_h5"),
+    "bitshuffle-zstd": (lambda: hdf5plugin.Bitshuffle(cname="zstd", clevel=5), "icefloe.bitshuffle_h5"),
+}
+
+
+def smooth(day: int, shape: tuple[int, int] = (32, 48)) -> xr.Dataset:
+    """A day of (time, lat, lon) values smooth enough that every filter shrinks every chunk."""
+    ds = dataset(day, shape=shape, scalar=1.0)
+    y, x = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    values = (280 + day + np.sin(y / 5.0) * 10 + np.cos(x / 7.0) * 5).astype("f4")
+    return ds.assign(tas=(("time", "lat", "lon"), values[None], ds.tas.attrs))
+
+
+def write_filtered(path: Path, ds: xr.Dataset, compression: Any, chunks: tuple[int, ...]) -> Path:
+    """netCDF-4 (via h5netcdf) whose data variable is compressed with an hdf5plugin filter."""
+    load_filter_plugins()  # netCDF4's own plugins may already be on HDF5's path in this process
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.to_netcdf(path, engine="h5netcdf", encoding={"tas": {"chunksizes": chunks, **dict(compression)}})
+    return path
+
+
+def filter_masks(path: Path, variable: str = "tas") -> list[int]:
+    masks: list[int] = []
+    with h5py.File(path, "r") as f:
+        f[variable].id.chunk_iter(lambda info: masks.append(info.filter_mask))
+    return masks
+
+
+# -- the cube: every value through Icechunk equals h5py's read of the file -----------------------
+
+
+@pytest.mark.parametrize("name", sorted(FILTERS))
+def test_plugin_filtered_files_land_and_read_back_bit_identical(workdir: Path, name: str) -> None:
+    make, codec_name = FILTERS[name]
+    files = [
+        write_filtered(workdir / "archive" / f"d{t:02d}.nc", smooth(t), make(), chunks=(1, 16, 24)) for t in range(3)
+    ]
+    for f in files:
+        assert set(filter_masks(f)) == {0}, "the fixture must make the filter apply to every chunk"
+    spec = make_spec(workdir, "d*.nc", extra=SPOT_CHECK_ALL)
+    summary = run_cube(spec)
+    assert summary.exit_code == 0 and summary.ingested == 3, (summary.quarantined, summary.skipped)
+    assert not summary.quarantined and not summary.skipped
+    cube = open_cube(spec)
+    assert codec_name in _codec_names(spec)
+    for f in files:
+        with h5py.File(f, "r") as h:
+            want = h["tas"][()]
+            times = xr.open_dataset(f, engine="h5netcdf").time.values
+        got = cube.tas.sel(time=times).values
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def _codec_names(spec: Any) -> set[str]:
+    from tests.helpers import open_repo
+
+    group = zarr.open_group(open_repo(spec).readonly_session(branch="main").store, mode="r", zarr_format=3)
+    return {c["name"] for c in group["tas"].metadata.to_dict()["codecs"]}
