@@ -5,6 +5,7 @@ any process icefloe opens a source in."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,11 @@ import zarr
 from zarr.codecs import BytesCodec
 
 from lib.codecs import BitshuffleH5Codec, Lz4H5Codec, bitshuffle_config, load_filter_plugins
-from tests.helpers import dataset, make_spec, open_cube, run_cube
+from lib.parsing.hdf5 import parse_hdf5
+from lib.parsing.policy import ParseOptions
+from lib.parsing.reference import parse_with_virtualizarr
+from lib.storage import source_registry
+from tests.helpers import dataset, file_url, make_spec, open_cube, run_cube
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -248,3 +253,55 @@ def _codec_names(spec: Any) -> set[str]:
 
     group = zarr.open_group(open_repo(spec).readonly_session(branch="main").store, mode="r", zarr_format=3)
     return {c["name"] for c in group["tas"].metadata.to_dict()["codecs"]}
+
+
+# -- chunks HDF5 stored without their filter ------------------------------------------------------
+
+
+def test_blosc_chunks_stored_unfiltered_get_the_variable_skipped_with_the_reason(workdir: Path) -> None:
+    """Blosc cannot shrink 6-value chunks, so HDF5 stores them raw and sets their filter mask."""
+    files = [
+        write_filtered(workdir / "archive" / f"d{t:02d}.nc", smooth(t, (4, 6)), hdf5plugin.Blosc(), chunks=(1, 2, 3))
+        for t in range(3)
+    ]
+    assert set(filter_masks(files[0])) == {1}
+    spec = make_spec(workdir, "d*.nc", extra=SPOT_CHECK_ALL)
+    summary = run_cube(spec)
+    assert summary.exit_code == 0 and not summary.quarantined, summary.quarantined
+    pattern = (
+        r"HDF5 stored 4 of 4 chunks of variable 'tas' in '.*/d0[012]\.nc' without the blosc filter \(filter mask\), "
+        r"the first at chunk \(0, 0, 0\); their bytes cannot share one codec pipeline"
+    )
+    assert {(s["url"], s["variable"]) for s in summary.skipped} == {(file_url(f), "tas") for f in files}
+    assert all(re.fullmatch(pattern, s["reason"]) for s in summary.skipped), summary.skipped
+    assert "tas" not in open_cube(spec)
+
+
+def test_both_parsers_count_the_unfiltered_chunks_and_name_the_skipped_filter(tmp_path: Path) -> None:
+    """Shuffle, then Blosc: the chunk of random bits Blosc cannot shrink is stored shuffled only
+    (filter mask 0b10); the variable is left out by both HDF5 parsers, for the same reason; the
+    coordinate with the same filters is loaded natively and stays."""
+    load_filter_plugins()
+    path = tmp_path / "partly.h5"
+    rng = np.random.default_rng(5)
+    values = np.tile(np.arange(256, dtype="u4"), (4, 1))
+    values[2] = rng.integers(0, 2**32, 256, dtype="u4")  # incompressible
+    with h5py.File(path, "w") as f:
+        time = f.create_dataset("time", data=values[:, 0], chunks=(1,), shuffle=True, **hdf5plugin.Blosc())
+        time.make_scale("time")
+        v = f.create_dataset("v", data=values, chunks=(1, 256), shuffle=True, **hdf5plugin.Blosc())
+        v.dims[0].attach_scale(time)
+    assert filter_masks(path, "v") == [0, 0, 2, 0] and set(filter_masks(path, "time")) == {2}
+    url = file_url(path)
+    registry = source_registry(f"file://{tmp_path}/")
+    options = ParseOptions(concat=("time",))
+    reason = (
+        f"HDF5 stored 1 of 4 chunks of variable 'v' in '{url}' without the blosc filter (filter mask), "
+        f"the first at chunk (2, 0); their bytes cannot share one codec pipeline"
+    )
+    fast = parse_hdf5(url, registry, options)
+    assert fast.skipped == [("v", reason)] and "v" not in fast.arrays
+    np.testing.assert_array_equal(fast.arrays["time"].values, values[:, 0])
+    reference = parse_with_virtualizarr(url, "hdf5", registry, options)
+    assert reference.skipped == [("v", reason)] and "v" not in reference.arrays
+    np.testing.assert_array_equal(reference.arrays["time"].values, values[:, 0])
