@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lib.codecs import BITSHUFFLE_FILTER_ID, bitshuffle_config
+from lib.codecs import BITSHUFFLE_FILTER_ID, bitshuffle_config, load_filter_plugins
 from lib.errors import SourceError
 from lib.parsing.fragment import ArrayFragment, Fragment, json_safe_attributes
 from lib.parsing.policy import ParseOptions
@@ -404,6 +404,7 @@ def parse_hdf5(url: str, registry: ObjectStoreRegistry, options: ParseOptions) -
     """
     import h5py
 
+    load_filter_plugins()
     fragment = Fragment(url=url, format="hdf5", parser="fast")
     notes = fragment.notes
     with open_source(url, registry) as handle, h5py.File(handle, "r") as f:

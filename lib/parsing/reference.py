@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lib.codecs import load_filter_plugins
 from lib.errors import SourceError
 from lib.parsing.fragment import ArrayFragment, Fragment, json_safe_attributes
 from lib.parsing.policy import ParseOptions
@@ -168,6 +169,7 @@ def parse_with_virtualizarr(url: str, fmt: str, registry: ObjectStoreRegistry, o
     unfiltered: dict[str, str] = {}
     skip = [name for name in options.drop if "/" not in name]
     if fmt == "hdf5":
+        load_filter_plugins()
         layouts, unfiltered = _hdf5_layouts(url, registry)
         for path, (layout, _) in layouts.items():
             if layout in ("virtual", "external", "unknown"):

@@ -6,6 +6,9 @@ any process icefloe opens a source in."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -317,3 +320,73 @@ def test_both_parsers_count_the_unfiltered_chunks_and_name_the_skipped_filter(tm
     reference = parse_with_virtualizarr(url, "hdf5", registry, options)
     assert reference.skipped == [("v", reason)] and "v" not in reference.arrays
     np.testing.assert_array_equal(reference.arrays["time"].values, values[:, 0])
+
+
+# -- h5py has every filter, whatever the process imported first -----------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+
+SPOT_CHECK_READ = """
+import sys
+import netCDF4  # first, as a flow run that opened netCDF files may have: it puts its own HDF5 plugins on the path
+import numpy as np
+from lib.quality import _native_reader
+
+assert "hdf5plugin" not in sys.modules
+expected = np.load(sys.argv[2])
+with open(sys.argv[1], "rb") as handle:
+    read, close = _native_reader("hdf5", handle)
+    try:
+        for name in expected.files:
+            np.testing.assert_array_equal(read(name, ()), expected[name], err_msg=name)
+    finally:
+        close()
+"""
+
+BLOSC_AFTER_NETCDF4 = """
+import sys
+import netCDF4
+import h5py
+import hdf5plugin
+import numpy as np
+from lib.codecs import load_filter_plugins
+
+load_filter_plugins()
+with h5py.File(sys.argv[1], "w") as f:
+    f.create_dataset("v", data=np.arange(4096, dtype="f4"), chunks=(1024,), **hdf5plugin.Blosc())
+with h5py.File(sys.argv[1], "r") as f:
+    np.testing.assert_array_equal(f["v"][()], np.arange(4096, dtype="f4"))
+"""
+
+
+def _run(script: str, *args: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_spot_checks_h5py_side_reads_every_plugin_filter_in_a_fresh_process(tmp_path: Path) -> None:
+    """The spot check may run in a process that never parsed (so never imported hdf5plugin) and
+    that imported netCDF4 first; h5py must still read LZ4, Bitshuffle, Blosc and Zstd chunks."""
+    load_filter_plugins()
+    path, expected = tmp_path / "filters.h5", {}
+    with h5py.File(path, "w") as f:
+        for name, (make, _) in FILTERS.items():
+            values = smooth(0).tas.values
+            f.create_dataset(name, data=values, chunks=(1, 16, 24), **make())
+            expected[name] = values
+    np.savez(tmp_path / "expected.npz", **expected)
+    done = _run(SPOT_CHECK_READ, path, tmp_path / "expected.npz")
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_load_filter_plugins_replaces_the_filters_netcdf4_puts_on_hdf5s_path(tmp_path: Path) -> None:
+    """netCDF4 sets HDF5_PLUGIN_PATH to its own plugins, built against its own copy of libhdf5;
+    hdf5plugin's import then leaves Blosc to that plugin, with which h5py cannot create datasets
+    ("error during user callback"). After load_filter_plugins h5py uses hdf5plugin's Blosc."""
+    done = _run(BLOSC_AFTER_NETCDF4, tmp_path / "blosc.h5")
+    assert done.returncode == 0, done.stderr[-3000:]
