@@ -182,6 +182,9 @@ def _native_reader(fmt: str, handle: Any) -> Any:
     if fmt == "hdf5":
         import h5py
 
+        from lib.codecs import load_filter_plugins
+
+        load_filter_plugins()  # the filters the cube's codecs decode (Blosc, LZ4, Bitshuffle, ...)
         f = h5py.File(handle, "r")
         return lambda path, region: np.asarray(f[path][region]), f.close
     if fmt == "netcdf3":

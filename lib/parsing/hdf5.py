@@ -8,8 +8,10 @@ built once per distinct (dtype, codecs, fill value) and reused, and the chunk in
 shape, fill value) are VirtualiZarr's own functions, so both paths agree by construction.
 
 What it cannot represent it leaves out and lists as skipped, with the reason: variable-length
-sequences, object references, compound types, HDF5 virtual/external storage and filters without a
-Zarr codec. Compact datasets and variable-length strings are read and stored natively.
+sequences, object references, compound types, HDF5 virtual/external storage, filters without a
+Zarr codec, and variables some of whose chunks HDF5 stored without one of their filters (a non-zero
+filter mask). Compact datasets and variable-length strings are read and stored natively. The
+Bitshuffle filter, which VirtualiZarr does not map, gets icefloe's codec (:mod:`lib.codecs`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lib.codecs import BITSHUFFLE_FILTER_ID, bitshuffle_config, load_filter_plugins
 from lib.errors import SourceError
 from lib.parsing.fragment import ArrayFragment, Fragment, json_safe_attributes
 from lib.parsing.policy import ParseOptions
@@ -30,7 +33,7 @@ from lib.parsing.readers import open_source
 if TYPE_CHECKING:
     from obspec_utils.registry import ObjectStoreRegistry
 
-__all__ = ["MAX_CHUNKS_PER_ARRAY", "parse_hdf5", "unsupported_reason"]
+__all__ = ["MAX_CHUNKS_PER_ARRAY", "parse_hdf5", "unfiltered_chunks_reason", "unsupported_reason"]
 
 # A file declaring more chunks than this for one variable is refused before anything is allocated.
 MAX_CHUNKS_PER_ARRAY = 10_000_000
@@ -200,8 +203,65 @@ def _placeholders(members: dict[str, Any]) -> set[str]:
     return out
 
 
+class UnfilteredChunks(ValueError):
+    """Some of a variable's chunks are stored without one of its filters: the variable is left out."""
+
+
+def _filter_names(dataset: Any, mask: int) -> list[str]:
+    """The names of the filters a chunk's filter mask says were skipped (bit i: the i-th filter)."""
+    plist = dataset.id.get_create_plist()
+    names = []
+    for i in range(plist.get_nfilters()):
+        if mask >> i & 1:
+            code, _, _, name = plist.get_filter(i)
+            label = name.decode(errors="replace").split(";")[0].strip() if name else ""
+            names.append(label or f"HDF5 filter {code}")
+    return names
+
+
+def _unfiltered(url: str, dataset: Any, masked: int, stored: int, mask: int, first: tuple[int, ...]) -> str:
+    names = _filter_names(dataset, mask)
+    which = " and ".join(names) + (" filter" if len(names) == 1 else " filters")
+    return (
+        f"HDF5 stored {masked} of {stored} chunks of variable '{dataset.name.lstrip('/')}' in '{url}' without "
+        f"the {which} (filter mask), the first at chunk {first}; their bytes cannot share one codec pipeline"
+    )
+
+
+def unfiltered_chunks_reason(url: str, dataset: Any) -> str | None:
+    """Why a chunked dataset cannot be referenced because HDF5 stored some of its chunks without one
+    of its filters (a non-zero filter mask), or None. For the reference path; the fast parser finds
+    the same while it reads the chunk index."""
+    if dataset.chunks is None or not dataset.id.get_create_plist().get_nfilters():
+        return None
+    chunks = dataset.chunks
+    seen = {"stored": 0, "masked": 0, "mask": 0}
+    first_masked: list[tuple[int, ...]] = []
+
+    def visit(info: Any) -> None:
+        seen["stored"] += 1
+        if info.filter_mask:
+            seen["masked"] += 1
+            seen["mask"] |= info.filter_mask
+            if not first_masked:
+                first_masked.append(tuple(a // b for a, b in zip(info.chunk_offset, chunks, strict=True)))
+
+    dataset.id.chunk_iter(visit)
+    if not seen["masked"]:
+        return None
+    return _unfiltered(url, dataset, seen["masked"], seen["stored"], seen["mask"], first_masked[0])
+
+
 def _refs(url: str, dataset: Any, chunks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Byte offsets and lengths of every stored chunk, shaped like the chunk grid (0 = never written)."""
+    """Byte offsets and lengths of every stored chunk, shaped like the chunk grid (0 = never written).
+
+    Raises
+    ------
+    UnfilteredChunks
+        HDF5 stored some chunks without one of the dataset's filters (it skips an optional filter,
+        such as Blosc, for a chunk the filter cannot shrink, and says so in the chunk's filter mask).
+        Those bytes need a different codec pipeline from the other chunks', which Zarr cannot express.
+    """
     shape = dataset.shape
     grid = tuple(math.ceil(s / c) for s, c in zip(shape, chunks, strict=True)) if shape else ()
     if math.prod(grid) > MAX_CHUNKS_PER_ARRAY:
@@ -224,14 +284,39 @@ def _refs(url: str, dataset: Any, chunks: tuple[int, ...]) -> tuple[np.ndarray, 
         return offsets, lengths
     trimmed = chunks != dataset.chunks
     trimmed_length = math.prod(chunks) * dataset.dtype.itemsize
+    seen = {"stored": 0, "masked": 0, "mask": 0}
+    first_masked: list[tuple[int, ...]] = []
 
     def visit(info: Any) -> None:
         key = tuple(a // b for a, b in zip(info.chunk_offset, chunks, strict=True))
         offsets[key] = info.byte_offset
         lengths[key] = trimmed_length if trimmed else info.size
+        seen["stored"] += 1
+        if info.filter_mask:
+            seen["masked"] += 1
+            seen["mask"] |= info.filter_mask
+            if not first_masked:
+                first_masked.append(key)
 
     dsid.chunk_iter(visit)
+    if seen["masked"]:
+        raise UnfilteredChunks(_unfiltered(url, dataset, seen["masked"], seen["stored"], seen["mask"], first_masked[0]))
     return offsets, lengths
+
+
+def _codec_configs(dataset: Any) -> list[dict[str, Any]]:
+    """The Zarr v3 codec documents for a dataset's filters, in pipeline order: VirtualiZarr's mapping
+    (``codecs_from_dataset``, one filter at a time), except Bitshuffle, which it cannot map."""
+    from virtualizarr.codecs import zarr_codec_config_to_v3
+    from virtualizarr.parsers.hdf.filters import _filter_to_codec
+
+    configs: list[dict[str, Any]] = []
+    for filter_id, properties in dataset._filters.items():
+        if filter_id == str(BITSHUFFLE_FILTER_ID):
+            configs.append(bitshuffle_config(tuple(properties)))
+        else:
+            configs.append(zarr_codec_config_to_v3(_filter_to_codec(filter_id, properties).get_config()))
+    return configs
 
 
 def _read_values(dataset: Any) -> np.ndarray:
@@ -259,8 +344,6 @@ def _array_fragment(
     url: str, dataset: Any, group: str, path: str, options: ParseOptions, notes: list[str]
 ) -> ArrayFragment:
     import h5py
-    from virtualizarr.codecs import zarr_codec_config_to_v3
-    from virtualizarr.parsers.hdf.filters import codecs_from_dataset
     from virtualizarr.parsers.hdf.hdf import _chunk_shape, _get_fill_value, _vlen_string_chunk_shape
     from virtualizarr.parsers.utils import encode_cf_fill_value
 
@@ -279,7 +362,7 @@ def _array_fragment(
         chunks, codec_configs = _vlen_string_chunk_shape(dataset), []
     else:
         chunks = _chunk_shape(dataset)
-        codec_configs = [zarr_codec_config_to_v3(codec.get_config()) for codec in codecs_from_dataset(dataset)]
+        codec_configs = _codec_configs(dataset)
     fill_value = _get_fill_value(dataset)
     dtype_key = "StringDType" if vlen_string else dtype.str
     data_type, codecs, fill_json = _array_template(dtype_key, json.dumps(codec_configs), _fill_to_json(fill_value))
@@ -326,6 +409,7 @@ def parse_hdf5(url: str, registry: ObjectStoreRegistry, options: ParseOptions) -
     """
     import h5py
 
+    load_filter_plugins()
     fragment = Fragment(url=url, format="hdf5", parser="fast")
     notes = fragment.notes
     with open_source(url, registry) as handle, h5py.File(handle, "r") as f:
@@ -363,6 +447,8 @@ def parse_hdf5(url: str, registry: ObjectStoreRegistry, options: ParseOptions) -
                     fragment.arrays[path] = _array_fragment(url, item, group_name, path, options, notes)
                 except SourceError:
                     raise
+                except UnfilteredChunks as e:
+                    fragment.skipped.append((path, str(e)))
                 except (ValueError, KeyError, RuntimeError) as e:
                     # a filter with no Zarr codec (szip, scaleoffset, ...) or metadata Zarr cannot hold
                     fragment.skipped.append((path, f"cannot be represented in Zarr: {e}"))

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lib.codecs import load_filter_plugins
 from lib.errors import SourceError
 from lib.parsing.fragment import ArrayFragment, Fragment, json_safe_attributes
 from lib.parsing.hdf5 import NETCDF_DIMENSION_MARKER
@@ -57,12 +58,16 @@ def _groups(group: Any, notes: list[str], prefix: str = "") -> dict[str, dict[st
     return out
 
 
-def _hdf5_layouts(url: str, registry: ObjectStoreRegistry) -> dict[str, tuple[str, str | None]]:
+def _hdf5_layouts(url: str, registry: ObjectStoreRegistry) -> tuple[dict[str, tuple[str, str | None]], dict[str, str]]:
     """Each HDF5 dataset's layout ("compact", "contiguous", "chunked", "virtual", "external",
-    "unallocated") and, for netCDF dimension placeholders, the marker text."""
+    "unallocated") and, for netCDF dimension placeholders, the marker text; and why the datasets
+    some of whose chunks HDF5 stored without one of their filters cannot be referenced."""
     import h5py
 
+    from lib.parsing.hdf5 import unfiltered_chunks_reason
+
     layouts: dict[str, tuple[str, str | None]] = {}
+    unfiltered: dict[str, str] = {}
     names = {
         h5py.h5d.COMPACT: "compact",
         h5py.h5d.CONTIGUOUS: "contiguous",
@@ -83,9 +88,11 @@ def _hdf5_layouts(url: str, registry: ObjectStoreRegistry) -> dict[str, tuple[st
             marker = obj.attrs.get("NAME")
             marker = marker.decode(errors="replace") if isinstance(marker, bytes) else marker
             layouts[name] = (layout, marker if isinstance(marker, str) else None)
+            if layout == "chunked" and (reason := unfiltered_chunks_reason(url, obj)):
+                unfiltered[name] = reason
 
         f.visititems(visit)
-    return layouts
+    return layouts, unfiltered
 
 
 def _read_hdf5_values(url: str, registry: ObjectStoreRegistry, paths: list[str]) -> dict[str, np.ndarray]:
@@ -159,9 +166,11 @@ def parse_with_virtualizarr(url: str, fmt: str, registry: ObjectStoreRegistry, o
     notes: list[str] = []
     skipped: list[tuple[str, str]] = []
     layouts: dict[str, tuple[str, str | None]] = {}
+    unfiltered: dict[str, str] = {}
     skip = [name for name in options.drop if "/" not in name]
     if fmt == "hdf5":
-        layouts = _hdf5_layouts(url, registry)
+        load_filter_plugins()
+        layouts, unfiltered = _hdf5_layouts(url, registry)
         for path, (layout, _) in layouts.items():
             if layout in ("virtual", "external", "unknown"):
                 skipped.append((path, f"HDF5 {layout} storage: its bytes live outside this file's chunks"))
@@ -206,6 +215,10 @@ def parse_with_virtualizarr(url: str, fmt: str, registry: ObjectStoreRegistry, o
             else:
                 zgroup = zgroup or zarr.open_group(store, mode="r", zarr_format=3)
                 item.values = np.asarray(zgroup[path][...])
+        elif path in unfiltered:  # loaded natively the values are right; referenced they cannot be decoded
+            skipped.append((path, unfiltered[path]))
+            skipped_paths.add(path)
+            continue
         else:
             lengths = np.where(paths == url, manifest._lengths, 0).astype(np.uint64)
             offsets = np.where(paths == url, manifest._offsets, 0).astype(np.uint64)
