@@ -26,7 +26,7 @@ from lib.parsing.hdf5 import parse_hdf5
 from lib.parsing.policy import ParseOptions
 from lib.parsing.reference import parse_with_virtualizarr
 from lib.storage import source_registry
-from tests.helpers import dataset, file_url, make_spec, open_cube, run_cube
+from tests.helpers import dataset, file_url, make_spec, read_cube, run_cube
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -218,16 +218,6 @@ def write_filtered(path: Path, ds: xr.Dataset, compression: Any, chunks: tuple[i
     return path
 
 
-@pytest.fixture(scope="module")
-def gx_imported() -> None:
-    """Great Expectations imported here, under pytest's warning filters, before a run starts its
-    background import (lib.expectations.preload). These runs are quick enough that their checks import
-    GE while that thread still does, and now and then the thread meets pytest's warning filters half
-    applied and fails on GE's deprecated ``sre_constants`` import (seen in about 1 run in 7 of this
-    module alone)."""
-    import great_expectations  # noqa: F401
-
-
 def filter_masks(path: Path, variable: str = "tas") -> list[int]:
     masks: list[int] = []
     with h5py.File(path, "r") as f:
@@ -238,7 +228,6 @@ def filter_masks(path: Path, variable: str = "tas") -> list[int]:
 # -- the cube: every value through Icechunk equals h5py's read of the file -----------------------
 
 
-@pytest.mark.usefixtures("gx_imported")
 @pytest.mark.parametrize("name", sorted(FILTERS))
 def test_plugin_filtered_files_land_and_read_back_bit_identical(workdir: Path, name: str) -> None:
     make, codec_name = FILTERS[name]
@@ -251,7 +240,7 @@ def test_plugin_filtered_files_land_and_read_back_bit_identical(workdir: Path, n
     summary = run_cube(spec)
     assert summary.exit_code == 0 and summary.ingested == 3, (summary.quarantined, summary.skipped)
     assert not summary.quarantined and not summary.skipped
-    cube = open_cube(spec)
+    cube = read_cube(spec)
     assert codec_name in _codec_names(spec)
     for f in files:
         with h5py.File(f, "r") as h:
@@ -272,7 +261,6 @@ def _codec_names(spec: Any) -> set[str]:
 # -- chunks HDF5 stored without their filter ------------------------------------------------------
 
 
-@pytest.mark.usefixtures("gx_imported")
 def test_blosc_chunks_stored_unfiltered_get_the_variable_skipped_with_the_reason(workdir: Path) -> None:
     """Blosc cannot shrink 6-value chunks, so HDF5 stores them raw and sets their filter mask."""
     files = [
@@ -289,7 +277,7 @@ def test_blosc_chunks_stored_unfiltered_get_the_variable_skipped_with_the_reason
     )
     assert {(s["url"], s["variable"]) for s in summary.skipped} == {(file_url(f), "tas") for f in files}
     assert all(re.fullmatch(pattern, s["reason"]) for s in summary.skipped), summary.skipped
-    assert "tas" not in open_cube(spec)
+    assert "tas" not in read_cube(spec)
 
 
 def test_both_parsers_count_the_unfiltered_chunks_and_name_the_skipped_filter(tmp_path: Path) -> None:
