@@ -37,7 +37,6 @@ class ParsedBatch:
     transient: dict[str, str] = field(default_factory=dict)
 
 
-
 def _split(items: list[Any], parts: int) -> list[list[Any]]:
     size = max(1, -(-len(items) // max(parts, 1)))
     return [items[i : i + size] for i in range(0, len(items), size)]
