@@ -21,7 +21,7 @@ endef
 
 UV = $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: help install demo test test-fast lint check-contract clean
+.PHONY: help install demo test test-fast lint clean
 
 help:
 	@echo "make demo        install (first time) and run the demo: build a cube from a small archive"
@@ -49,7 +49,8 @@ test-fast: install
 
 lint: install
 	$(VENV)/bin/ruff check lib tasks flows tests benchmarks
-	$(VENV)/bin/mypy lib tasks
+	$(VENV)/bin/ruff format --check lib tasks flows tests benchmarks
+	$(VENV)/bin/mypy lib tasks flows
 
 clean:
 	rm -rf $(VENV) icefloe-demo .pytest_cache

@@ -191,7 +191,7 @@ def plan(spec: SpecArg, as_json: JsonOpt = False, debug: DebugOpt = False) -> No
         finally:
             run.close()
         placed = run.plan_.placements if run.plan_ else {}
-        payload = {
+        payload: dict[str, Any] = {
             "discovered": summary.discovered,
             "pending": [o.url for o in run.discovery.pending],
             "would_ingest": sorted(placed),

@@ -101,7 +101,11 @@ def cube_deployments(plans: list[DeploymentPlan]) -> list[Any]:
     from flows.ingest_objects import ingest_objects
     from flows.maintain_repository import maintain_repository
 
-    flows = {"build_cube": build_cube, "ingest_objects": ingest_objects, "maintain_repository": maintain_repository}
+    flows: dict[str, Any] = {
+        "build_cube": build_cube,
+        "ingest_objects": ingest_objects,
+        "maintain_repository": maintain_repository,
+    }
     out = []
     for plan in plans:
         flow = flows[plan.entrypoint.rsplit(":", 1)[1]]

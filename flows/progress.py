@@ -1,6 +1,6 @@
 """Progress of a running flow, for whoever is watching: the CLI's progress bars, the Prefect UI.
 
-Flows report stages ("parse", "commit") through :func:`report`; the CLI installs a reporter that
+Flows report stages ("parse", "commit") through :func:`start` and :func:`advance`; the CLI installs a reporter that
 draws rich progress bars on stderr. Served deployments have no reporter and show progress as a
 Prefect progress artifact instead.
 """

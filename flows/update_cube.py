@@ -33,7 +33,7 @@ __all__ = ["update_cube"]
 
 ATTEMPTS = 3
 
-TASKS = {
+TASKS: dict[Step, Any] = {
     Step.OPEN: open_cube,
     Step.DISCOVER: discover_objects,
     Step.PARSE: parse_batch,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from lib.errors import StorageError
+from lib.hierarchy import array_at, open_root
 from lib.layout import Axes, Placement
 from lib.parsing.fragment import Fragment
 from lib.storage import ref_location
@@ -27,7 +27,7 @@ from lib.validation import CELL, CONCAT, DATA, SHARED, CubeSchema, VariableSchem
 if TYPE_CHECKING:
     import icechunk
 
-__all__ = ["BatchItem", "clear_blocks", "cube_dims", "group_by_cell", "place_batch", "prepare_arrays"]
+__all__ = ["BatchItem", "clear_blocks", "cube_dims", "place_batch", "prepare_arrays"]
 
 # Native arrays grow along pattern and concat dims; generous chunks keep a growing axis in few chunks.
 NATIVE_CHUNK_ELEMENTS = 1 << 22
@@ -146,20 +146,19 @@ def prepare_arrays(store: Any, schema: CubeSchema, axes: Axes, *, fresh: bool, s
     (re)written in full; shared variables (values or refs) are written from ``shared``, a file
     that holds them as every file does.
     """
-    import zarr
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
 
     prototype = default_buffer_prototype()
     if fresh:
-        root = zarr.open_group(store, mode="w", zarr_format=3, attributes=schema.attributes)
+        root = open_root(store, "w", attributes=schema.attributes)
         for path in sorted(schema.groups):
             root.require_group(path).update_attributes(schema.groups[path])
-    root = zarr.open_group(store, mode="r+", zarr_format=3)
+    root = open_root(store, "r+")
     for var in schema.variables.values():
         shape = cube_shape(var, schema, axes)
         if not fresh:
-            array = root[var.path]
+            array = array_at(root, var.path)
             if tuple(array.shape) != shape:
                 array.resize(shape)
             continue
@@ -169,14 +168,16 @@ def prepare_arrays(store: Any, schema: CubeSchema, axes: Axes, *, fresh: bool, s
             _create_native(root, var, schema, axes)
     _write_pattern_coords(root, axes, schema)
     for dim, values in axes.concat.items():
-        var = schema.variables.get(dim)
-        if var is not None and var.kind == "native":
-            root[dim][...] = values.astype(root[dim].dtype)
+        coordinate_schema = schema.variables.get(dim)
+        if coordinate_schema is not None and coordinate_schema.kind == "native":
+            coordinate = array_at(root, dim)
+            coordinate[...] = values.astype(coordinate.dtype)
     if shared is None:
         return
     for var in schema.by_role(SHARED):
         if var.kind == "native":
-            root[var.path][...] = np.asarray(shared.fragment.arrays[var.path].values).astype(root[var.path].dtype)
+            array = array_at(root, var.path)
+            array[...] = np.asarray(shared.fragment.arrays[var.path].values).astype(array.dtype)
     _set_refs(store, _ref_calls([shared], schema, {v.path for v in schema.by_role(SHARED) if v.kind == "virtual"}))
 
 
@@ -223,6 +224,7 @@ def _ref_calls(items: Iterable[BatchItem], schema: CubeSchema, refs_for: set[str
         arrays = item.fragment.arrays
         for path, ndim, leading, concat_axes, padded in layout:
             frag = arrays[path]
+            assert frag.lengths is not None and frag.offsets is not None  # referenced: the parser gave refs
             lengths = frag.lengths.ravel()
             count = int(np.count_nonzero(lengths))
             if not count:
@@ -270,13 +272,12 @@ def _set_refs(store: Any, calls: list[RefCall]) -> None:
 
 def _write_natives(store: Any, schema: CubeSchema, items: list[BatchItem]) -> None:
     """Native data and cell variables: read each array once, set every file's block, write it once."""
-    import zarr
 
-    root = zarr.open_group(store, mode="r+", zarr_format=3)
+    root = open_root(store, "r+")
     for var in schema.variables.values():
         if var.kind != "native" or var.role not in (DATA, CELL):
             continue
-        array = root[var.path]
+        array = array_at(root, var.path)
         whole = np.array(array[...])
         for item in items:
             values = item.fragment.arrays[var.path].values
@@ -318,10 +319,9 @@ def clear_blocks(
 
     Cell variables are cleared only in ``cells_emptied``: the cells no other file holds.
     """
-    import zarr
     from zarr.core.sync import sync
 
-    root = zarr.open_group(store, mode="r+", zarr_format=3)
+    root = open_root(store, "r+")
     keys: list[str] = []
     for p in placements:
         for var in schema.by_role(DATA, CELL):
@@ -331,7 +331,7 @@ def clear_blocks(
                 region: list[slice | int] = list(p.cell)
                 for dim in var.dims:
                     region.append(slice(*p.range_of(dim)) if dim in schema.concat else slice(None))
-                array = root[var.path]
+                array = array_at(root, var.path)
                 array[tuple(region)] = array.fill_value
                 continue
             start = _offset(var, schema, p)
@@ -353,10 +353,3 @@ def clear_blocks(
                 await store.delete(key)
 
         sync(delete_all())
-
-
-def group_by_cell(placements: Iterable[Placement]) -> dict[tuple[int, ...], list[Placement]]:
-    out: dict[tuple[int, ...], list[Placement]] = defaultdict(list)
-    for p in placements:
-        out[p.cell].append(p)
-    return out

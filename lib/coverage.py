@@ -99,7 +99,8 @@ def measure_coverage(repo: icechunk.Repository, spec: Spec, snapshot: str | None
                 continue
             if concat and concat in row.ranges:
                 start, stop = row.ranges[concat]
-                covered[(*index, slice(start, stop))] = True
+                span: tuple[int | slice, ...] = (*index, slice(start, stop))
+                covered[span] = True
             else:
                 covered[index] = True
         elif row.status == QUARANTINED:

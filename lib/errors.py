@@ -23,7 +23,7 @@ import functools
 import re
 from collections.abc import Callable, Iterator
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 
 class IcefloeError(Exception):
@@ -136,7 +136,10 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
-def _by_codes(error: BaseException) -> Failure | None:
+OTHER: Literal["other"] = "other"  # a failure that is not the store's: stop looking at its causes
+
+
+def _by_codes(error: BaseException) -> Failure | Literal["other"]:
     """A store error's meaning from the codes it carries; an outage when it carries none we know."""
     if _NO_CREDENTIALS.search(str(error)):
         return Failure.NO_CREDENTIALS
@@ -144,14 +147,14 @@ def _by_codes(error: BaseException) -> Failure | None:
     if codes & REFUSAL_CODES:
         return Failure.REFUSED
     if codes & BYTES_CODES:
-        return None
+        return OTHER
     if codes & MISSING_CODES:
         return Failure.MISSING
     return Failure.OUTAGE
 
 
-def _classify_one(error: BaseException) -> Failure | bool | None:
-    """One exception's meaning; ``False`` means "not the store's failure, stop looking"."""
+def _classify_one(error: BaseException) -> Failure | Literal["other"] | None:
+    """One exception's meaning; None when its type says nothing (look at its cause)."""
     import icechunk
     import obstore.exceptions as obstore_errors
 
@@ -160,7 +163,7 @@ def _classify_one(error: BaseException) -> Failure | bool | None:
     if isinstance(error, StoreRefused):
         return Failure.REFUSED
     if isinstance(error, IcefloeError):
-        return False  # already decided by icefloe
+        return OTHER  # already decided by icefloe
     if isinstance(error, icechunk.IcechunkError):
         kind = getattr(error, "kind", None)
         if kind == icechunk.ErrorKind.VIRTUAL_CHUNK_MODIFIED:
@@ -173,7 +176,7 @@ def _classify_one(error: BaseException) -> Failure | bool | None:
             return Failure.NO_CREDENTIALS
         if isinstance(error, icechunk.StorageError):
             return _by_codes(error)
-        return False  # conflicts, missing refs, bad input: the caller's business
+        return OTHER  # conflicts, missing refs, bad input: the caller's business
     if isinstance(error, (obstore_errors.PermissionDeniedError, obstore_errors.UnauthenticatedError)):
         return Failure.REFUSED
     if isinstance(error, FileNotFoundError):  # obstore's NotFoundError is one too
@@ -181,7 +184,7 @@ def _classify_one(error: BaseException) -> Failure | bool | None:
     if isinstance(error, obstore_errors.GenericError):
         return _by_codes(error)
     if isinstance(error, obstore_errors.BaseError):
-        return False  # invalid paths, unsupported operations: bugs or configuration, not the store
+        return OTHER  # invalid paths, unsupported operations: bugs or configuration, not the store
     if isinstance(error, (ConnectionError, TimeoutError)):
         return Failure.OUTAGE
     if isinstance(error, PermissionError):  # a local file the process may not read
@@ -200,9 +203,9 @@ def classify_failure(error: BaseException) -> Failure | None:
     """
     for current in _chain(error):
         found = _classify_one(current)
-        if found is False:
+        if found == OTHER:
             return None
-        if found is not None:
+        if isinstance(found, Failure):
             return found
     return None
 

@@ -76,7 +76,7 @@ def check_expectation_types(expectations: Sequence[Expectation]) -> None:
 
 
 def default_expectations(schema: CubeSchema) -> list[tuple[str, str, dict[str, Any]]]:
-    out = []
+    out: list[tuple[str, str, dict[str, Any]]] = []
     for dim in schema.concat:
         out.append(("expect_column_values_to_not_be_null", dim, {}))
         out.append(("expect_column_values_to_be_unique", dim, {}))

@@ -55,9 +55,6 @@ class Placement:
                 return start, stop
         raise KeyError(dim)
 
-    def to_json(self, axes: Axes) -> dict[str, Any]:
-        return {"cell": list(self.cell), "ranges": {d: [a, b] for d, a, b in self.ranges}}
-
 
 @dataclass(frozen=True, slots=True)
 class Occupied:
@@ -125,21 +122,21 @@ def plan_layout(
                         f"(run `icefloe build` to rebuild it in order)"
                     )
         for d in concat:
-            base = existing.concat[d] if existing and d in existing.concat else np.zeros(0)
+            axis: np.ndarray = existing.concat[d] if existing and d in existing.concat else np.zeros(0)
             new = np.concatenate([e.encoded[d] for e in alive]) if alive else np.zeros(0)
-            fresh = np.setdiff1d(np.unique(new), base) if base.size else np.unique(new)
-            if base.size and fresh.size and fresh.min() < base[-1]:
-                inner = fresh[fresh < base[-1]]
+            fresh = np.setdiff1d(np.unique(new), axis) if axis.size else np.unique(new)
+            if axis.size and fresh.size and fresh.min() < axis[-1]:
+                inner = fresh[fresh < axis[-1]]
                 for e in alive:
                     hit = np.intersect1d(e.encoded[d], inner)
                     if hit.size:
                         rejected[e.url] = (
                             f"'{e.url}' has {d} value {hit[0].item()!r} inside the cube's existing "
-                            f"'{d}' axis (which ends at {base[-1].item()!r}); an existing cube only "
+                            f"'{d}' axis (which ends at {axis[-1].item()!r}); an existing cube only "
                             f"grows at the end of its axes (run `icefloe build` to rebuild it)"
                         )
-                fresh = fresh[fresh > base[-1]]
-            axes.concat[d] = np.concatenate([base, fresh]) if base.size else fresh
+                fresh = fresh[fresh > axis[-1]]
+            axes.concat[d] = np.concatenate([axis, fresh]) if axis.size else fresh
         if len(rejected) > before:
             continue  # the axes must not hold values of files just refused
 

@@ -192,8 +192,3 @@ def read_schema(store: Any) -> CubeSchema | None:
     if group is None or "schema" not in group.attrs:
         return None
     return CubeSchema.from_json(dict(group.attrs["schema"]))
-
-
-def read_meta(store: Any) -> dict[str, Any]:
-    group = _group(store)
-    return dict(group.attrs) if group is not None else {}

@@ -16,6 +16,7 @@ import numpy as np
 
 from lib.assembly import _growing, _native_chunks, cube_dims
 from lib.errors import SpecError
+from lib.hierarchy import array_at, open_root
 from lib.ledger import read_schema, write_schema
 from lib.parsing.policy import NATIVE_LIMIT_BYTES
 from lib.validation import SHARED, CubeSchema, native_digest
@@ -42,7 +43,6 @@ def coordinate_candidates(store: Any, schema: CubeSchema, wanted: list[str] | No
     SpecError
         ``wanted`` names a variable the cube does not have.
     """
-    import zarr
 
     unknown = sorted(set(wanted or ()) - set(schema.variables))
     if unknown:
@@ -50,7 +50,7 @@ def coordinate_candidates(store: Any, schema: CubeSchema, wanted: list[str] | No
             f"variable {unknown[0]!r} is not in the cube; its variables are: {', '.join(sorted(schema.variables))}",
             key="variable",
         )
-    root = zarr.open_group(store, mode="r", zarr_format=3)
+    root = open_root(store)
     aux = _coordinate_names(schema)
     out = []
     for path, var in schema.variables.items():
@@ -60,7 +60,7 @@ def coordinate_candidates(store: Any, schema: CubeSchema, wanted: list[str] | No
             if path in wanted:
                 out.append(path)
             continue
-        array = root[path]
+        array = array_at(root, path)
         nbytes = math.prod(array.shape) * array.dtype.itemsize
         if (var.role == SHARED or var.name in aux or path in aux) and nbytes <= NATIVE_LIMIT_BYTES:
             out.append(path)
@@ -73,16 +73,15 @@ def nativize_arrays(session: icechunk.Session, paths: list[str]) -> list[str]:
     The array keeps its shape, dtype, fill value, attributes and dims; only where its chunks live
     changes. The cube's schema is updated in the same session.
     """
-    import zarr
 
     store = session.store
     schema = read_schema(store)
     assert schema is not None
-    root = zarr.open_group(store, mode="r+", zarr_format=3)
+    root = open_root(store, "r+")
     done = []
     for path in paths:
         var = schema.variables[path]
-        old = root[path]
+        old = array_at(root, path)
         values = np.asarray(old[...])
         shape, fill, attrs = tuple(old.shape), old.fill_value, dict(old.attrs)
         dims = cube_dims(var, schema)

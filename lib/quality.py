@@ -24,6 +24,7 @@ import numpy as np
 
 from lib.assembly import cube_shape
 from lib.errors import Failure, StorageError, classify_failure, first_line, store_failure
+from lib.hierarchy import array_at, open_root
 from lib.layout import Axes, Placement
 from lib.parsing.readers import open_source
 from lib.validation import CELL, DATA, CubeSchema, VariableSchema
@@ -131,17 +132,17 @@ def structural_findings(
     store: Any, schema: CubeSchema, axes: Axes, monotonic: Sequence[str], regular: Sequence[str]
 ) -> list[Finding]:
     """Cube-wide structural checks on the snapshot behind ``store``."""
-    import zarr
 
     from lib.assembly import cube_dims
 
-    root = zarr.open_group(store, mode="r", zarr_format=3)
+    root = open_root(store)
     findings: list[Finding] = []
     for dim in schema.concat:
         if dim not in root:
             findings.append(Finding("shape", CUBE, f"the concat coordinate '{dim}' is missing from the cube"))
             continue
-        values = np.asarray(root[dim][...])
+        coordinate = array_at(root, dim)
+        values = np.asarray(coordinate[...])
         if dim in monotonic and values.size > 1 and not np.all(values[1:] > values[:-1]):
             bad = int(np.argmax(values[1:] <= values[:-1]))
             findings.append(
@@ -153,7 +154,7 @@ def structural_findings(
                 )
             )
         if dim in regular:
-            attrs = dict(root[dim].attrs)
+            attrs = dict(coordinate.attrs)
             gaps = _regular_gaps(values, {k: v for k, v in attrs.items() if k in ("units", "calendar")}, dim)
             if gaps:
                 findings.append(
@@ -167,13 +168,13 @@ def structural_findings(
                 )
     for var in schema.variables.values():
         want = cube_shape(var, schema, axes)
-        got = tuple(root[var.path].shape) if var.path in root else None
+        array = array_at(root, var.path) if var.path in root else None
+        got = tuple(array.shape) if array is not None else None
+        dims = getattr(array.metadata, "dimension_names", None) if array is not None else None
         if got != want:
             findings.append(Finding("shape", CUBE, f"array '{var.path}' has shape {got}; the axes say {want}"))
-        elif tuple(root[var.path].metadata.dimension_names or ()) != cube_dims(var, schema):
-            findings.append(
-                Finding("shape", CUBE, f"array '{var.path}' has dims {root[var.path].metadata.dimension_names}")
-            )
+        elif tuple(dims or ()) != cube_dims(var, schema):
+            findings.append(Finding("shape", CUBE, f"array '{var.path}' has dims {dims}"))
     return findings
 
 
@@ -262,10 +263,9 @@ def spot_check(
 
     Returns one file-scoped finding per object whose values differ or cannot be read back.
     """
-    import zarr
 
     rng = random.Random(seed)
-    root = zarr.open_group(store, mode="r", zarr_format=3)
+    root = open_root(store)
     findings: list[Finding] = []
     variables = [v for v in schema.by_role(DATA, CELL) if v.kind == "virtual"]
     for sample in samples:
@@ -318,7 +318,7 @@ def _check_variable(
         raw = read(var.path, file_region)
         want = raw if isinstance(raw, Candidates) else _as_cube_values(raw, var)
         try:
-            got = np.asarray(root[var.path][tuple(cube_region)])
+            got = np.asarray(array_at(root, var.path)[tuple(cube_region)])
         except Exception as e:
             if classify_failure(e) in _STORES_DOING:
                 raise  # reading a reference hit a store failure: not the file's fault

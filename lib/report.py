@@ -1,6 +1,6 @@
 """What a run did, as the ``--json`` summary, an exit code and Markdown for a Prefect artifact.
 
-The summary keys are a contract (DESIGN.md): ``discovered = ingested + unchanged + len(changed) +
+The summary keys are a contract (the README's Commands section): ``discovered = ingested + unchanged + len(changed) +
 len(quarantined)``, ``dims`` lists every dim of the cube, ``snapshot`` is main's tip after the run.
 """
 
@@ -43,9 +43,6 @@ class RunSummary:
         if self.error is not None:
             return EXIT_FAILED
         return EXIT_QUARANTINED if self.quarantined else EXIT_OK
-
-    def quarantine(self, url: str, reason: str) -> None:
-        self.quarantined.append({"url": url, "reason": reason})
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {

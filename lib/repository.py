@@ -113,7 +113,12 @@ def set_manifest_splitting(repo: icechunk.Repository, split: dict[str, int]) -> 
 
     if not split:
         return repo
-    conditions = {ic.ManifestSplitDimCondition.DimensionName(dim): size for dim, size in split.items()}
+    conditions: dict[
+        ic.ManifestSplitDimCondition.Axis
+        | ic.ManifestSplitDimCondition.DimensionName
+        | ic.ManifestSplitDimCondition.Any,
+        int,
+    ] = {ic.ManifestSplitDimCondition.DimensionName(dim): size for dim, size in split.items()}
     config = repo.config
     config.manifest = ic.ManifestConfig(
         splitting=ic.ManifestSplittingConfig.from_dict({ic.ManifestSplitCondition.AnyArray(): conditions})

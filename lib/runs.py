@@ -311,7 +311,7 @@ class CubeRun:
         return [f.to_json() for f in self.findings]
 
     @storage_step
-    def publish(self) -> str:
+    def publish(self) -> str | None:
         """Fast-forward main to the checked snapshot (compare-and-swap); returns main's tip.
 
         Raises

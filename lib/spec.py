@@ -223,7 +223,7 @@ class Spec(_Frozen):
         return self.repo.storage or self.source.storage
 
 
-def _key_of(error: dict[str, Any]) -> str:
+def _key_of(error: Any) -> str:
     return ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lib.hierarchy import array_at, open_root
 from lib.layout import Axes
 from lib.ledger import LedgerRow, ledger_size, read_ledger_index, read_schema
 from lib.repository import branch_state, reset_branch
@@ -50,15 +51,14 @@ def run_metadata(snapshot_info: Any) -> dict[str, Any]:
 
 def read_axes(store: Any, schema: CubeSchema) -> Axes:
     """The cube's axes as its coordinate arrays hold them."""
-    import zarr
 
-    root = zarr.open_group(store, mode="r", zarr_format=3)
+    root = open_root(store)
     axes = Axes()
     for dim, kind in schema.pattern.items():
-        values = np.asarray(root[dim][...]) if dim in root else np.zeros(0)
+        values = np.asarray(array_at(root, dim)[...]) if dim in root else np.zeros(0)
         axes.pattern[dim] = [int(v) if kind == "int" else str(v) for v in values.tolist()]
     for dim in schema.concat:
-        axes.concat[dim] = np.asarray(root[dim][...]) if dim in root else np.zeros(0)
+        axes.concat[dim] = np.asarray(array_at(root, dim)[...]) if dim in root else np.zeros(0)
     return axes
 
 

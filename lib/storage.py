@@ -99,8 +99,8 @@ def object_store(url: str, options: StorageOptions | None = None, *, rooted: boo
     return S3Store(
         loc.bucket,
         prefix=prefix,
-        config=_s3_config(options),
-        client_options=client_options,
+        config=_s3_config(options),  # type: ignore[arg-type]  # obstore's TypedDicts, built key by key
+        client_options=client_options,  # type: ignore[arg-type]
         retry_config={
             "max_retries": 4,
             "backoff": {"init_backoff": dt.timedelta(milliseconds=200)},
@@ -153,6 +153,7 @@ def virtual_containers(spec: Spec) -> list[icechunk.VirtualChunkContainer]:
 
     prefix = container_prefix(spec)
     loc = parse_location(prefix)
+    store: icechunk.AnyObjectStoreConfig
     if loc.scheme == "file":
         store = icechunk.local_filesystem_store(loc.key)
     else:

@@ -9,7 +9,7 @@ from tasks import ONCE
 
 
 @task(name="publish-cube", **ONCE)
-def publish_cube(run: CubeRun) -> str:
+def publish_cube(run: CubeRun) -> str | None:
     """Compare-and-swap main to the checked staging snapshot; returns main's tip."""
     tip = run.publish()
     get_run_logger().info("main is at %s%s", tip, "" if run.summary.published else " (nothing new)")

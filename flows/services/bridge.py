@@ -42,14 +42,17 @@ TOKEN_ENV = "ICEFLOE_WEBHOOK_TOKEN"
 
 def prefect_event(e: ObjectEvent) -> Any:
     from prefect.events import Event
+    from prefect.events.schemas.events import Resource
 
     return Event(
         event=CREATED_EVENT,
-        resource={
-            "prefect.resource.id": e.url,
-            "prefect.resource.name": e.url.rsplit("/", 1)[-1],
-            "icefloe.bucket": e.bucket,
-        },
+        resource=Resource(
+            root={
+                "prefect.resource.id": e.url,
+                "prefect.resource.name": e.url.rsplit("/", 1)[-1],
+                "icefloe.bucket": e.bucket,
+            }
+        ),
         payload=e.payload(),
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +65,7 @@ def write_step(
     rng = np.random.default_rng(polygon * 100_003 + month * 1009 + step)
     dims = ("time", "depth", "lat", "lon")
     size = (1, shape.depth, shape.lat, shape.lon)
-    data = {}
+    data: dict[str, tuple[tuple[str, ...], Any, dict[str, str]]] = {}
     for i, name in enumerate(NAMES[: shape.variables]):
         values = (2000.0 + 100 * i + rng.standard_normal(size) * 10).astype("f4")
         data[name] = (dims, values, {"units": "mmol/m^3", "long_name": f"{name} concentration"})

@@ -36,7 +36,6 @@ class ArrayFragment:
     offsets: np.ndarray | None = None
     lengths: np.ndarray | None = None
     values: np.ndarray | None = None
-    inlined: dict[tuple[int, ...], bytes] | None = None
     storage: str = "chunked"
 
     @property
@@ -71,21 +70,6 @@ class ArrayFragment:
     def grid(self) -> tuple[int, ...]:
         return tuple(math.ceil(s / c) if c else 0 for s, c in zip(self.shape, self.chunks, strict=True))
 
-    def encoding_signature(self) -> dict[str, Any]:
-        """The metadata that must agree across files for their refs to share one array."""
-        return {
-            "data_type": self.metadata["data_type"],
-            "chunks": list(self.chunks),
-            "codecs": self.metadata["codecs"],
-            "fill_value": self.metadata["fill_value"],
-            **{k: self.attributes.get(k) for k in ENCODING_ATTRIBUTES if k in self.attributes},
-        }
-
-    @property
-    def nbytes(self) -> int:
-        itemsize = np.dtype(self.values.dtype).itemsize if self.values is not None else 8
-        return math.prod(self.shape) * itemsize
-
 
 @dataclass
 class Fragment:
@@ -115,7 +99,6 @@ class Fragment:
                 offsets=a.offsets,
                 lengths=a.lengths,
                 values=a.values,
-                inlined=a.inlined,
                 storage=a.storage,
             )
             for path, a in self.arrays.items()

@@ -16,6 +16,7 @@ import numpy as np
 
 from lib.codecs import load_filter_plugins
 from lib.errors import SourceError
+from lib.hierarchy import array_at, open_root
 from lib.parsing.fragment import ArrayFragment, Fragment, json_safe_attributes
 from lib.parsing.hdf5 import NETCDF_DIMENSION_MARKER
 from lib.parsing.policy import ParseOptions
@@ -161,7 +162,6 @@ def parse_with_virtualizarr(url: str, fmt: str, registry: ObjectStoreRegistry, o
     SourceError
         The object cannot be parsed or cannot be represented as references.
     """
-    import zarr
 
     notes: list[str] = []
     skipped: list[tuple[str, str]] = []
@@ -213,8 +213,8 @@ def parse_with_virtualizarr(url: str, fmt: str, registry: ObjectStoreRegistry, o
             if fmt == "hdf5":
                 hdf5_native.append(path)
             else:
-                zgroup = zgroup or zarr.open_group(store, mode="r", zarr_format=3)
-                item.values = np.asarray(zgroup[path][...])
+                zgroup = zgroup or open_root(store)
+                item.values = np.asarray(array_at(zgroup, path)[...])
         elif path in unfiltered:  # loaded natively the values are right; referenced they cannot be decoded
             skipped.append((path, unfiltered[path]))
             skipped_paths.add(path)
