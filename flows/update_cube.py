@@ -18,6 +18,7 @@ from flows import progress
 from lib.errors import ConflictError, PublishBlocked
 from lib.locks import writer_lock
 from lib.pipeline import Step, run_steps
+from lib.report import Operation
 from lib.runs import CubeRun
 from lib.spec import load_spec
 from tasks.check import check_staging
@@ -84,7 +85,7 @@ class TaskSteps:
 
 
 def update_cube(
-    spec_source: str, operation: str, urls: list[str] | None = None, replace: bool = False
+    spec_source: str, operation: Operation, urls: list[str] | None = None, replace: bool = False
 ) -> dict[str, Any]:
     """Run one update of the cube as tasks; returns the run's summary (the ``--json`` object).
 

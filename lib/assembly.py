@@ -22,10 +22,11 @@ from lib.hierarchy import array_at, open_root
 from lib.layout import Axes, Placement
 from lib.parsing.fragment import Fragment
 from lib.storage import ref_location
-from lib.validation import CELL, CONCAT, DATA, SHARED, CubeSchema, VariableSchema
+from lib.validation import CELL, CONCAT, DATA, NATIVE, SHARED, VIRTUAL, CubeSchema, VariableSchema
 
 if TYPE_CHECKING:
     import icechunk
+    from icechunk import IcechunkStore
 
 __all__ = ["BatchItem", "clear_blocks", "cube_dims", "place_batch", "prepare_arrays"]
 
@@ -139,7 +140,9 @@ def _write_pattern_coords(group: Any, axes: Axes, schema: CubeSchema) -> None:
         group[dim][...] = data
 
 
-def prepare_arrays(store: Any, schema: CubeSchema, axes: Axes, *, fresh: bool, shared: BatchItem | None = None) -> None:
+def prepare_arrays(
+    store: IcechunkStore, schema: CubeSchema, axes: Axes, *, fresh: bool, shared: BatchItem | None = None
+) -> None:
     """Create every array at its full size (``fresh``) or resize the existing ones to ``axes``.
 
     A fresh cube replaces whatever the store held. Coordinates of the pattern and concat dims are
@@ -162,23 +165,23 @@ def prepare_arrays(store: Any, schema: CubeSchema, axes: Axes, *, fresh: bool, s
             if tuple(array.shape) != shape:
                 array.resize(shape)
             continue
-        if var.kind == "virtual":
+        if var.kind == VIRTUAL:
             sync(store.set(f"{var.path}/zarr.json", prototype.buffer.from_bytes(_virtual_document(var, schema, axes))))
         else:
             _create_native(root, var, schema, axes)
     _write_pattern_coords(root, axes, schema)
     for dim, values in axes.concat.items():
         coordinate_schema = schema.variables.get(dim)
-        if coordinate_schema is not None and coordinate_schema.kind == "native":
+        if coordinate_schema is not None and coordinate_schema.kind == NATIVE:
             coordinate = array_at(root, dim)
             coordinate[...] = values.astype(coordinate.dtype)
     if shared is None:
         return
     for var in schema.by_role(SHARED):
-        if var.kind == "native":
+        if var.kind == NATIVE:
             array = array_at(root, var.path)
             array[...] = np.asarray(shared.fragment.arrays[var.path].values).astype(array.dtype)
-    _set_refs(store, _ref_calls([shared], schema, {v.path for v in schema.by_role(SHARED) if v.kind == "virtual"}))
+    _set_refs(store, _ref_calls([shared], schema, {v.path for v in schema.by_role(SHARED) if v.kind == VIRTUAL}))
 
 
 def _offset(var: VariableSchema, schema: CubeSchema, placement: Placement) -> tuple[int, ...]:
@@ -205,7 +208,7 @@ class RefCall(NamedTuple):
 
 def _ref_calls(items: Iterable[BatchItem], schema: CubeSchema, refs_for: set[str]) -> list[RefCall]:
     """The calls that write each file's refs at its offset (the per-file hot path of a build)."""
-    variables = [v for v in schema.variables.values() if v.kind == "virtual" and v.path in refs_for]
+    variables = [v for v in schema.variables.values() if v.kind == VIRTUAL and v.path in refs_for]
     # per variable, once: padding for the pattern dims, and where a file's offset comes from
     layout = []
     for var in variables:
@@ -251,7 +254,7 @@ def _ref_calls(items: Iterable[BatchItem], schema: CubeSchema, refs_for: set[str
     return calls
 
 
-def _set_refs(store: Any, calls: list[RefCall]) -> None:
+def _set_refs(store: IcechunkStore, calls: list[RefCall]) -> None:
     for call in calls:
         failed = store.set_virtual_refs_arr(
             call.array_path,
@@ -270,12 +273,12 @@ def _set_refs(store: Any, calls: list[RefCall]) -> None:
             )
 
 
-def _write_natives(store: Any, schema: CubeSchema, items: list[BatchItem]) -> None:
+def _write_natives(store: IcechunkStore, schema: CubeSchema, items: list[BatchItem]) -> None:
     """Native data and cell variables: read each array once, set every file's block, write it once."""
 
     root = open_root(store, "r+")
     for var in schema.variables.values():
-        if var.kind != "native" or var.role not in (DATA, CELL):
+        if var.kind != NATIVE or var.role not in (DATA, CELL):
             continue
         array = array_at(root, var.path)
         whole = np.array(array[...])
@@ -298,7 +301,7 @@ def place_batch(session: icechunk.Session, schema: CubeSchema, items: list[Batch
     References are spread over ``workers`` Icechunk forks written in parallel and merged back.
     The arrays must already have their final size (forks cannot grow them).
     """
-    refs_for = {v.path for v in schema.by_role(DATA, CELL) if v.kind == "virtual"}
+    refs_for = {v.path for v in schema.by_role(DATA, CELL) if v.kind == VIRTUAL}
     calls = _ref_calls(items, schema, refs_for)
     if workers > 1 and len(calls) > 64:
         shares = [calls[i::workers] for i in range(workers)]
@@ -313,7 +316,7 @@ def place_batch(session: icechunk.Session, schema: CubeSchema, items: list[Batch
 
 
 def clear_blocks(
-    store: Any, schema: CubeSchema, placements: list[Placement], *, cells_emptied: set[tuple[int, ...]]
+    store: IcechunkStore, schema: CubeSchema, placements: list[Placement], *, cells_emptied: set[tuple[int, ...]]
 ) -> None:
     """Remove the references and native values of files taken out of the cube (reset to fill values).
 
@@ -327,7 +330,7 @@ def clear_blocks(
         for var in schema.by_role(DATA, CELL):
             if var.role == CELL and p.cell not in cells_emptied:
                 continue
-            if var.kind == "native":
+            if var.kind == NATIVE:
                 region: list[slice | int] = list(p.cell)
                 for dim in var.dims:
                     region.append(slice(*p.range_of(dim)) if dim in schema.concat else slice(None))

@@ -13,11 +13,14 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import parse
 
 from lib.errors import SpecError, store_error
+
+if TYPE_CHECKING:
+    from obstore.store import ObjectStore
 
 __all__ = [
     "HEAD_LIMIT",
@@ -188,7 +191,7 @@ class Listing(NamedTuple):
     listed: int
 
 
-def list_sources(source_url: str, store: Any, pattern: Pattern) -> Listing:
+def list_sources(source_url: str, store: ObjectStore, pattern: Pattern) -> Listing:
     """List the objects under ``source_url`` that match ``pattern``, sorted by field values then URL.
 
     Raises
@@ -262,7 +265,7 @@ HEAD_LIMIT = 256
 
 
 def head_sources(
-    source_url: str, store: Any, pattern: Pattern, urls: Iterable[str]
+    source_url: str, store: ObjectStore, pattern: Pattern, urls: Iterable[str]
 ) -> tuple[list[SourceObject], list[str], list[str]]:
     """Look up named objects one by one instead of listing the whole source (an ingest of a few new objects).
 

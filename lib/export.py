@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from lib.errors import IcefloeError
 from lib.ledger import read_schema
 from lib.storage import parse_location, source_registry
+from lib.validation import NATIVE
 
 if TYPE_CHECKING:
     import icechunk
@@ -67,7 +68,7 @@ def export_kerchunk(repo: icechunk.Repository, spec: Spec, out: Path) -> dict[st
     schema = read_schema(session.store)
     if schema is None:
         raise IcefloeError(f"the cube at {spec.repo.url} is empty: nothing to export")
-    native = sorted({*schema.pattern, *(p for p, v in schema.variables.items() if v.kind == "native" and "/" not in p)})
+    native = sorted({*schema.pattern, *(p for p, v in schema.variables.items() if v.kind == NATIVE and "/" not in p)})
     store = IcechunkParser().parse_session(session, _registry(spec), native_chunks_prefix=f"{spec.repo.url}/chunks")
     vds = store.to_virtual_dataset(loadable_variables=native, decode_times=False)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,12 +12,16 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 
 from lib.validation import CubeSchema
+
+if TYPE_CHECKING:
+    from zarr.abc.store import Store
 
 __all__ = [
     "LedgerRow",
@@ -34,7 +38,17 @@ __all__ = [
 META_GROUP = "_icefloe"
 LEDGER_ARRAY = f"{META_GROUP}/ledger"
 LEDGER_CHUNK = 8192
-INGESTED, QUARANTINED, REMOVED = "ingested", "quarantined", "removed"
+
+
+class Status(StrEnum):
+    """Where an object stands: in the cube, refused (with the reason), or taken out again."""
+
+    INGESTED = "ingested"
+    QUARANTINED = "quarantined"
+    REMOVED = "removed"
+
+
+INGESTED, QUARANTINED, REMOVED = Status.INGESTED, Status.QUARANTINED, Status.REMOVED
 
 
 @dataclass(slots=True)
@@ -77,7 +91,7 @@ def now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _group(store: Any, create: bool = False) -> Any:
+def _group(store: Store, create: bool = False) -> Any:
     import zarr
     from zarr.errors import GroupNotFoundError
 
@@ -94,7 +108,7 @@ def _group(store: Any, create: bool = False) -> Any:
     return root.create_group(META_GROUP, attributes={"description": "icefloe's ledger and cube schema"})
 
 
-def _iter_texts(store: Any, start: int = 0) -> Iterator[str]:
+def _iter_texts(store: Store, start: int = 0) -> Iterator[str]:
     group = _group(store)
     if group is None or "ledger" not in group:
         return
@@ -105,18 +119,18 @@ def _iter_texts(store: Any, start: int = 0) -> Iterator[str]:
             yield str(text)
 
 
-def iter_rows(store: Any, start: int = 0) -> Iterator[LedgerRow]:
+def iter_rows(store: Store, start: int = 0) -> Iterator[LedgerRow]:
     """Ledger rows from position ``start`` on, oldest first, decoded a chunk at a time."""
     for text in _iter_texts(store, start):
         yield LedgerRow.from_json(text)
 
 
-def read_rows(store: Any, start: int = 0) -> list[LedgerRow]:
+def read_rows(store: Store, start: int = 0) -> list[LedgerRow]:
     """Ledger rows from position ``start`` on, oldest first."""
     return list(iter_rows(store, start))
 
 
-def iter_current(store: Any, start: int = 0) -> Iterator[LedgerRow]:
+def iter_current(store: Store, start: int = 0) -> Iterator[LedgerRow]:
     """Each object's newest row among the rows from ``start`` on.
 
     Two passes over the rows, holding only each URL's position in between: reading a large ledger
@@ -128,19 +142,19 @@ def iter_current(store: Any, start: int = 0) -> Iterator[LedgerRow]:
             yield row
 
 
-def ledger_size(store: Any) -> int:
+def ledger_size(store: Store) -> int:
     group = _group(store)
     if group is None or "ledger" not in group:
         return 0
     return int(group["ledger"].shape[0])
 
 
-def read_ledger(store: Any) -> dict[str, LedgerRow]:
+def read_ledger(store: Store) -> dict[str, LedgerRow]:
     """Each object's current state: its newest row."""
     return {row.url: row for row in iter_rows(store)}
 
 
-def read_ledger_index(store: Any) -> dict[str, LedgerRow]:
+def read_ledger_index(store: Store) -> dict[str, LedgerRow]:
     """Each object's current state, with only what planning an update needs.
 
     The rows keep url, etag, status, fields, ranges and digests; the rest (reason, run, checksum...)
@@ -149,7 +163,7 @@ def read_ledger_index(store: Any) -> dict[str, LedgerRow]:
     so it is kept small: see ``benchmarks/RESULTS.md`` (P5) for the measured size per object.
     """
     shared: dict[tuple[Any, ...], Any] = {}
-    statuses = {s: s for s in (INGESTED, QUARANTINED, REMOVED)}
+    statuses = {s.value: s for s in Status}
     index: dict[str, LedgerRow] = {}
     for text in _iter_texts(store):
         data = orjson.loads(text)
@@ -168,7 +182,7 @@ def read_ledger_index(store: Any) -> dict[str, LedgerRow]:
 _EMPTY: dict[str, Any] = {}  # shared by index rows without ranges; never changed
 
 
-def append_rows(store: Any, rows: list[LedgerRow]) -> int:
+def append_rows(store: Store, rows: list[LedgerRow]) -> int:
     """Append rows in the session behind ``store``; returns the ledger's new length."""
     if not rows:
         return ledger_size(store)
@@ -182,12 +196,12 @@ def append_rows(store: Any, rows: list[LedgerRow]) -> int:
     return n + len(rows)
 
 
-def write_schema(store: Any, schema: CubeSchema, extra: dict[str, Any] | None = None) -> None:
+def write_schema(store: Store, schema: CubeSchema, extra: dict[str, Any] | None = None) -> None:
     group = _group(store, create=True)
     group.update_attributes({"schema": schema.to_json(), **(extra or {})})
 
 
-def read_schema(store: Any) -> CubeSchema | None:
+def read_schema(store: Store) -> CubeSchema | None:
     group = _group(store)
     if group is None or "schema" not in group.attrs:
         return None

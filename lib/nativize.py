@@ -10,7 +10,7 @@ from each new file too.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,10 +19,11 @@ from lib.errors import SpecError
 from lib.hierarchy import array_at, open_root
 from lib.ledger import read_schema, write_schema
 from lib.parsing.policy import NATIVE_LIMIT_BYTES
-from lib.validation import SHARED, CubeSchema, native_digest
+from lib.validation import NATIVE, SHARED, VIRTUAL, CubeSchema, native_digest
 
 if TYPE_CHECKING:
     import icechunk
+    from zarr.abc.store import Store
 
 __all__ = ["coordinate_candidates", "nativize_arrays"]
 
@@ -34,7 +35,7 @@ def _coordinate_names(schema: CubeSchema) -> set[str]:
     return names
 
 
-def coordinate_candidates(store: Any, schema: CubeSchema, wanted: list[str] | None = None) -> list[str]:
+def coordinate_candidates(store: Store, schema: CubeSchema, wanted: list[str] | None = None) -> list[str]:
     """Referenced variables worth storing natively: dimension coordinates and the variables other
     variables name in their ``coordinates`` attribute, up to a size limit (or exactly ``wanted``).
 
@@ -54,7 +55,7 @@ def coordinate_candidates(store: Any, schema: CubeSchema, wanted: list[str] | No
     aux = _coordinate_names(schema)
     out = []
     for path, var in schema.variables.items():
-        if var.kind != "virtual":
+        if var.kind != VIRTUAL:
             continue
         if wanted is not None:
             if path in wanted:
@@ -96,7 +97,7 @@ def nativize_arrays(session: icechunk.Session, paths: list[str]) -> list[str]:
             dimension_names=dims,
         )
         new[...] = values
-        var.kind = "native"
+        var.kind = NATIVE
         if path in schema.shared:  # later files are compared by their values now, not their refs
             schema.shared[path] = native_digest(values, var.attributes)
         schema.nativized = sorted({*schema.nativized, path})

@@ -18,6 +18,7 @@ import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,14 +28,23 @@ from lib.errors import Failure, StorageError, classify_failure, first_line, stor
 from lib.hierarchy import array_at, open_root
 from lib.layout import Axes, Placement
 from lib.parsing.readers import open_source
-from lib.validation import CELL, DATA, CubeSchema, VariableSchema
+from lib.validation import CELL, DATA, VIRTUAL, CubeSchema, VariableSchema
 
 if TYPE_CHECKING:
     from obspec_utils.registry import ObjectStoreRegistry
+    from zarr.abc.store import Store
 
 __all__ = ["Finding", "SpotSample", "choose_samples", "spot_check", "structural_findings"]
 
-FILE, CUBE = "file", "cube"
+
+class Scope(StrEnum):
+    """Whom a finding is about: files (they are quarantined) or the cube as a whole (the publish is blocked)."""
+
+    FILE = "file"
+    CUBE = "cube"
+
+
+FILE, CUBE = Scope.FILE, Scope.CUBE
 
 # Failures that say nothing about the file being checked: they are raised, never made a finding.
 _STORES_DOING = (Failure.OUTAGE, Failure.REFUSED, Failure.NO_CREDENTIALS)
@@ -45,7 +55,7 @@ class Finding:
     """One failed check: ``scope`` is "file" (quarantine ``urls``) or "cube" (block the publish)."""
 
     check: str
-    scope: str
+    scope: Scope
     message: str
     urls: list[str] = field(default_factory=list)
 
@@ -129,7 +139,7 @@ def _regular_gaps(values: np.ndarray, attrs: dict[str, Any], dim: str) -> list[s
 
 
 def structural_findings(
-    store: Any, schema: CubeSchema, axes: Axes, monotonic: Sequence[str], regular: Sequence[str]
+    store: Store, schema: CubeSchema, axes: Axes, monotonic: Sequence[str], regular: Sequence[str]
 ) -> list[Finding]:
     """Cube-wide structural checks on the snapshot behind ``store``."""
 
@@ -252,7 +262,7 @@ def _identical(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def spot_check(
-    store: Any,
+    store: Store,
     schema: CubeSchema,
     samples: Sequence[SpotSample],
     registry: ObjectStoreRegistry,
@@ -267,7 +277,7 @@ def spot_check(
     rng = random.Random(seed)
     root = open_root(store)
     findings: list[Finding] = []
-    variables = [v for v in schema.by_role(DATA, CELL) if v.kind == "virtual"]
+    variables = [v for v in schema.by_role(DATA, CELL) if v.kind == VIRTUAL]
     for sample in samples:
         p = sample.placement
         problem = None

@@ -7,18 +7,20 @@ len(quarantined)``, ``dims`` lists every dim of the cube, ``snapshot`` is main's
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["EXIT_BAD_SPEC", "EXIT_DRIFT", "EXIT_FAILED", "EXIT_OK", "EXIT_QUARANTINED", "RunSummary"]
+__all__ = ["EXIT_BAD_SPEC", "EXIT_DRIFT", "EXIT_FAILED", "EXIT_OK", "EXIT_QUARANTINED", "Operation", "RunSummary"]
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_SPEC, EXIT_QUARANTINED, EXIT_DRIFT = 0, 1, 2, 3, 4
+
+Operation = Literal["build", "ingest", "nativize"]  # what a run does; recorded in its commits
 
 
 @dataclass
 class RunSummary:
     """The outcome of a build or ingest."""
 
-    operation: str
+    operation: Operation
     branch: str = "main"
     snapshot: str | None = None
     discovered: int = 0

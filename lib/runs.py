@@ -33,7 +33,7 @@ from lib.parsing import ParseOptions, SourceConfig
 from lib.parsing.fanout import ParsedBatch, parse_objects
 from lib.planning import Plan, cube_sizes, plan_update
 from lib.quality import CUBE, FILE, Finding
-from lib.report import RunSummary
+from lib.report import Operation, RunSummary
 from lib.repository import open_repository, publish, reset_branch, set_manifest_splitting
 from lib.spool import Spool
 from lib.staging import (
@@ -63,7 +63,7 @@ class CubeRun:
     def __init__(
         self,
         spec: Spec,
-        operation: str,
+        operation: Operation,
         run_id: str,
         *,
         flow_run: str | None = None,
@@ -376,7 +376,7 @@ class CubeRun:
         return s
 
 
-def _read_only_state(repo: icechunk.Repository, spec: Spec, operation: str) -> CubeState:
+def _read_only_state(repo: icechunk.Repository, spec: Spec, operation: Operation) -> CubeState:
     """The state a dry run plans against: main's, without touching any branch."""
     from lib.ledger import ledger_size, read_ledger, read_schema
     from lib.state import read_axes

@@ -31,13 +31,15 @@ from lib.ledger import (
 )
 from lib.planning import Plan, ledger_row
 from lib.quality import Finding, SpotSample, choose_samples, spot_check, structural_findings
+from lib.report import Operation
 from lib.repository import commit_session
 from lib.spool import Spool
 from lib.state import CubeState, read_axes
-from lib.validation import CubeSchema
+from lib.validation import DATA, VIRTUAL, CubeSchema
 
 if TYPE_CHECKING:
     import icechunk
+    from icechunk import IcechunkStore
     from obspec_utils.registry import ObjectStoreRegistry
 
     from lib.spec import Spec
@@ -59,7 +61,7 @@ class RunInfo:
     """Who is writing: the run's id, its Prefect flow run (if any) and the operation."""
 
     run_id: str
-    operation: str
+    operation: Operation
     flow_run: str | None = None
 
 
@@ -90,8 +92,8 @@ def manifest_split(plan: Plan, batch_files: int) -> dict[str, int]:
     assert plan.schema is not None
     schema = plan.schema
     concat_chunks = 1
-    for var in schema.by_role("data"):
-        if var.kind == "virtual":
+    for var in schema.by_role(DATA):
+        if var.kind == VIRTUAL:
             for d, chunk in zip(var.dims, var.chunks, strict=True):
                 if d in schema.concat:
                     concat_chunks = max(concat_chunks, -(-int(plan.axes.concat[d].size) // chunk))
@@ -145,7 +147,7 @@ def stage_prepare(
     )
 
 
-def _clear_replaced(store: Any, plan: Plan, state: CubeState) -> None:
+def _clear_replaced(store: IcechunkStore, plan: Plan, state: CubeState) -> None:
     """Objects being re-ingested leave their old place first (they may land elsewhere, or nowhere)."""
     assert plan.schema is not None
     old = [_placement_of(state.ledger[url], plan.axes) for url in plan.replaced]

@@ -16,12 +16,14 @@ import numpy as np
 from lib.hierarchy import array_at, open_root
 from lib.layout import Axes
 from lib.ledger import LedgerRow, ledger_size, read_ledger_index, read_schema
+from lib.report import Operation
 from lib.repository import branch_state, reset_branch
 from lib.spec import Spec, spec_digest
 from lib.validation import CubeSchema
 
 if TYPE_CHECKING:
     import icechunk
+    from zarr.abc.store import Store
 
 __all__ = ["CubeState", "read_axes", "read_cube_state", "run_metadata"]
 
@@ -30,7 +32,7 @@ __all__ = ["CubeState", "read_axes", "read_cube_state", "run_metadata"]
 class CubeState:
     """What a run knows about the cube when it starts."""
 
-    operation: str
+    operation: Operation
     main: str
     staging: str
     resumed: bool
@@ -49,7 +51,7 @@ def run_metadata(snapshot_info: Any) -> dict[str, Any]:
     return dict(value) if isinstance(value, dict) else {}
 
 
-def read_axes(store: Any, schema: CubeSchema) -> Axes:
+def read_axes(store: Store, schema: CubeSchema) -> Axes:
     """The cube's axes as its coordinate arrays hold them."""
 
     root = open_root(store)
@@ -62,7 +64,7 @@ def read_axes(store: Any, schema: CubeSchema) -> Axes:
     return axes
 
 
-def read_cube_state(repo: icechunk.Repository, spec: Spec, operation: str) -> CubeState:
+def read_cube_state(repo: icechunk.Repository, spec: Spec, operation: Operation) -> CubeState:
     """Decide between resuming staging and starting clean, and read the cube's state.
 
     Raises

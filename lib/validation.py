@@ -23,6 +23,7 @@ import hashlib
 import json
 import warnings
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,7 +35,25 @@ if TYPE_CHECKING:
 
 __all__ = ["CubeSchema", "FileEntry", "compare_schemas", "encode_concat_values", "summarize_fragment"]
 
-DATA, CONCAT, SHARED, CELL = "data", "concat", "shared", "cell"
+
+class Role(StrEnum):
+    """What a variable is to the cube (see the module's docstring)."""
+
+    DATA = "data"
+    CONCAT = "concat"
+    SHARED = "shared"
+    CELL = "cell"
+
+
+class Kind(StrEnum):
+    """How the cube holds a variable: references into the sources, or its values."""
+
+    VIRTUAL = "virtual"
+    NATIVE = "native"
+
+
+DATA, CONCAT, SHARED, CELL = Role.DATA, Role.CONCAT, Role.SHARED, Role.CELL
+VIRTUAL, NATIVE = Kind.VIRTUAL, Kind.NATIVE
 SCHEMA_VERSION = 1
 
 
@@ -55,7 +74,7 @@ def _digest(*parts: Any) -> str:
     return h.hexdigest()[:20]
 
 
-def role_of(item: ArrayFragment, concat: tuple[str, ...]) -> str:
+def role_of(item: ArrayFragment, concat: tuple[str, ...]) -> Role:
     dims = item.dims
     if any(d in concat for d in dims):
         return CONCAT if item.native and dims == (item.name,) else DATA
@@ -67,8 +86,8 @@ class VariableSchema:
     """What the cube knows about one variable: its role, kind and the file-level zarr.json."""
 
     path: str
-    role: str
-    kind: str
+    role: Role
+    kind: Kind
     metadata: dict[str, Any]
 
     @property
@@ -95,7 +114,7 @@ class VariableSchema:
         """The parts that must be identical for files to share the variable."""
         shape = [None if d in concat else s for d, s in zip(self.dims, self.shape, strict=True)]
         sig: dict[str, Any] = {"role": self.role, "kind": self.kind, "dims": list(self.dims), "shape": shape}
-        if self.kind == "virtual":
+        if self.kind == VIRTUAL:
             chunks = list(self.chunks)
             sig.update(
                 data_type=self.metadata["data_type"],
@@ -128,14 +147,14 @@ class CubeSchema:
     def key(self) -> str:
         return _digest({p: v.signature(self.concat) for p, v in sorted(self.variables.items())})
 
-    def by_role(self, *roles: str) -> list[VariableSchema]:
+    def by_role(self, *roles: Role) -> list[VariableSchema]:
         return [v for v in self.variables.values() if v.role in roles]
 
     def concat_chunks(self, dim: str) -> set[int]:
         """The chunk sizes virtual data variables use along a concat dim."""
         sizes = set()
         for v in self.by_role(DATA):
-            if v.kind == "virtual" and dim in v.dims:
+            if v.kind == VIRTUAL and dim in v.dims:
                 sizes.add(v.chunks[v.dims.index(dim)])
         return sizes
 
@@ -160,7 +179,10 @@ class CubeSchema:
         return cls(
             pattern=dict(data["pattern"]),
             concat=tuple(data["concat"]),
-            variables={p: VariableSchema(p, v["role"], v["kind"], v["metadata"]) for p, v in data["variables"].items()},
+            variables={
+                p: VariableSchema(p, Role(v["role"]), Kind(v["kind"]), v["metadata"])
+                for p, v in data["variables"].items()
+            },
             attributes=data.get("attributes", {}),
             groups=data.get("groups", {}),
             concat_encoding=data.get("concat_encoding", {}),
@@ -208,7 +230,7 @@ class FileEntry:
 def schema_of(fragment: Fragment, pattern: dict[str, str], concat: tuple[str, ...]) -> CubeSchema:
     """The schema a fragment would give a cube of its own."""
     variables = {
-        path: VariableSchema(path, role_of(item, concat), "native" if item.native else "virtual", item.metadata)
+        path: VariableSchema(path, role_of(item, concat), NATIVE if item.native else VIRTUAL, item.metadata)
         for path, item in fragment.arrays.items()
     }
     schema = CubeSchema(
