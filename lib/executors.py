@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lib.errors import SpecError
+from lib.local.faults import hooks_in_effect
 from lib.memory import limit_arenas
 
 if TYPE_CHECKING:
@@ -66,10 +67,17 @@ class Executor:
         self.close()
 
 
-def _init_worker() -> None:
-    """Set up a parse worker process: cap malloc's arenas, and die with the process that started it."""
+def _init_worker(hooks: dict[str, str | None]) -> None:
+    """Set up a parse worker process: cap malloc's arenas, die with the process that started it, and
+    take the test hooks of the run that started it (the forkserver that forks workers may be older
+    than the run, and carries the environment it was started with)."""
     limit_arenas()
     _exit_with_parent()
+    for name, value in hooks.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def _exit_with_parent() -> None:
@@ -117,7 +125,10 @@ class PoolExecutor(Executor):
 
                 # forkserver: workers never inherit the threads of Prefect's client or the event loop
                 self._pool = ProcessPoolExecutor(
-                    self.workers, mp_context=multiprocessing.get_context("forkserver"), initializer=_init_worker
+                    self.workers,
+                    mp_context=multiprocessing.get_context("forkserver"),
+                    initializer=_init_worker,
+                    initargs=(hooks_in_effect(),),
                 )
         return self._pool
 

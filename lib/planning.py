@@ -148,10 +148,14 @@ def fit_schema(
         if e.schema_key not in reasons:
             reasons[e.schema_key] = compare_schemas(kinds[e.schema_key], schema, "{url}")
         reason = reasons[e.schema_key]
-        if reason is not None:
-            refused[e.url] = reason.replace("{url}", e.url)
-        else:
+        if reason is None:
             accepted.append(e)
+            continue
+        refused[e.url] = reason.replace("{url}", e.url)
+        left_out = dict(e.skipped)
+        missing = next((path for path in left_out if f"lacks variable '{path}'" in reason), None)
+        if missing is not None:  # say why this file has no such variable
+            refused[e.url] += f": it was left out of this file ({left_out[missing]})"
     return accepted, refused
 
 

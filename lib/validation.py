@@ -435,7 +435,8 @@ def encode_concat_values(entries: list[FileEntry], dim: str, encoding: dict[str,
         start = 0
         for member, n in zip(members, sizes, strict=True):
             if problem is not None or values is None:
-                shown = f"units {coord0.attrs.get('units')!r}" if "units" in coord0.attrs else "its encoding"
+                shown = ", ".join(f"{k} {coord0.attrs[k]!r}" for k in ("units", "calendar") if k in coord0.attrs)
+                shown = shown or "its encoding"
                 failures[member.url] = (
                     f"coordinate '{dim}' in '{member.url}' ({shown}) {problem} in the cube's "
                     f"encoding {_describe_encoding(encoding)}"

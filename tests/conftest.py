@@ -80,6 +80,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
         with temporary_settings(updates={PREFECT_API_URL: api}):
             yield api
+            _drain_prefect_workers()  # flows run in this process: send their logs and events while the server is up
         if previous is None:
             os.environ.pop("PREFECT_API_URL", None)
         else:
@@ -91,6 +92,14 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def _drain_prefect_workers() -> None:
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all(timeout=10)
 
 
 @pytest.fixture(scope="session")

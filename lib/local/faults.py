@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 
-__all__ = ["HANG_ENV", "KILL_ENV", "POINTS", "checkpoint", "hang_if_asked"]
+__all__ = ["HANG_ENV", "KILL_ENV", "POINTS", "checkpoint", "hang_if_asked", "hooks_in_effect"]
 
 KILL_ENV = "ICEFLOE_KILL_AT"
 POINTS = (
@@ -42,3 +42,8 @@ def hang_if_asked(url: str) -> None:
         import time
 
         time.sleep(24 * 3600)
+
+
+def hooks_in_effect() -> dict[str, str | None]:
+    """The test hooks this process was given (None where unset), for worker processes to take over."""
+    return {name: os.environ.get(name) for name in (KILL_ENV, HANG_ENV)}

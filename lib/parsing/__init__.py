@@ -19,7 +19,7 @@ from lib.errors import Failure, IcefloeError, SourceError, StorageError, classif
 from lib.parsing.formats import HEAD_BYTES, describe_head, detect_format
 from lib.parsing.fragment import ArrayFragment, Fragment, name_phony_dims
 from lib.parsing.policy import ParseOptions
-from lib.parsing.readable import refuse_unreadable
+from lib.parsing.readable import refuse_past_the_end, refuse_unreadable
 from lib.parsing.readers import read_head
 
 if TYPE_CHECKING:
@@ -97,6 +97,7 @@ def parse_source(url: str, registry: ObjectStoreRegistry, options: ParseOptions)
         try:
             fragment = parse_hdf5(url, registry, options)
             name_phony_dims(fragment)
+            refuse_past_the_end(fragment, size)
             refuse_unreadable(fragment, options.concat)
             return fragment
         except SourceError:
@@ -119,6 +120,7 @@ def parse_source(url: str, registry: ObjectStoreRegistry, options: ParseOptions)
     if errors:
         fragment.notes.append(f"fell back to VirtualiZarr after the {errors[0]}")
     name_phony_dims(fragment)
+    refuse_past_the_end(fragment, size)
     refuse_unreadable(fragment, options.concat)
     return fragment
 

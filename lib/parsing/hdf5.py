@@ -298,7 +298,16 @@ def _refs(url: str, dataset: Any, chunks: tuple[int, ...]) -> tuple[np.ndarray, 
             if not first_masked:
                 first_masked.append(key)
 
-    dsid.chunk_iter(visit)
+    try:
+        dsid.chunk_iter(visit)
+    except (RuntimeError, OSError, ValueError, IndexError) as e:
+        name = dataset.name.lstrip("/")
+        raise SourceError(
+            f"the chunk index of variable '{name}' in '{url}' cannot be read ({type(e).__name__}: {e}): "
+            f"the file is corrupt",
+            url=url,
+            variable=name,
+        ) from e
     if seen["masked"]:
         raise UnfilteredChunks(_unfiltered(url, dataset, seen["masked"], seen["stored"], seen["mask"], first_masked[0]))
     return offsets, lengths
@@ -417,7 +426,13 @@ def parse_hdf5(url: str, registry: ObjectStoreRegistry, options: ParseOptions) -
         def walk(group: Any, prefix: str) -> None:
             group_name = str(group.name)
             members: dict[str, Any] = {}
-            for key in group:
+            for raw in group.id:  # names as stored: h5py's own iteration stops at one that is not UTF-8
+                try:
+                    key = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    name = f"{prefix}{raw.decode('utf-8', 'backslashreplace')}"
+                    fragment.skipped.append((name, "its name is not UTF-8, and Zarr names must be"))
+                    continue
                 link = group.get(key, getlink=True)
                 if isinstance(link, h5py.ExternalLink):
                     # its bytes live in another file: refs into this object cannot hold them

@@ -171,6 +171,29 @@ def refuse_unreadable(fragment: Fragment, concat: tuple[str, ...]) -> None:
     refuse_empty(fragment)
 
 
+def refuse_past_the_end(fragment: Fragment, size: int) -> None:
+    """References must lie inside the object: a header that declares more data than the object holds
+    (a truncated file, a corrupt dimension) is refused before anything points past its end.
+
+    Raises
+    ------
+    SourceError
+        A variable's chunks reach past the object's last byte.
+    """
+    for path, item in fragment.arrays.items():
+        if item.offsets is None or item.lengths is None or not item.lengths.size:
+            continue
+        ends = item.offsets.astype(np.uint64) + item.lengths.astype(np.uint64)
+        last = int(ends.max())
+        if last > size:
+            raise SourceError(
+                f"variable '{path}' in '{fragment.url}' reaches byte {last:,}, past the end of the object "
+                f"({size:,} bytes): the file is truncated or its header is corrupt",
+                url=fragment.url,
+                variable=path,
+            )
+
+
 def refuse_empty(fragment: Fragment) -> None:
     """A file from which every data variable was left out is quarantined with all the reasons.
 

@@ -112,11 +112,12 @@ def test_spec_and_usage_errors_exit_2_with_json(icefloe_cli: str, demo_archive: 
     assert code == 2 and out is None and "unknown key 'sourse'" in err
 
 
-def test_unreachable_source_exits_1_with_one_line(icefloe_cli: str, tmp_path: Path) -> None:
+def test_a_missing_local_source_exits_2_with_one_line(icefloe_cli: str, tmp_path: Path) -> None:
     spec = tmp_path / "cube.yaml"
     spec.write_text(demo_spec(tmp_path / "nowhere", tmp_path / "cube"))
     code, out, err = icefloe(icefloe_cli, "plan", str(spec), "--json")
-    assert code == 1 and "does not exist" in out["error"] and "Traceback" not in err
+    assert code == 2 and "nowhere/ does not exist (no such directory): check source.url" in out["error"]
+    assert out["key"] == "source.url" and "Traceback" not in err
 
 
 def test_help_explains_every_command(icefloe_cli: str) -> None:

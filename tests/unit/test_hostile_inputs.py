@@ -148,20 +148,28 @@ CORPUS: dict[str, tuple[Callable[[Path], None], str, str]] = {
         QUARANTINED,
         r"not a supported format",
     ),
-    "truncated after 8 bytes": (truncated(0.001), QUARANTINED, r"not a supported format|cannot be parsed"),
-    "truncated at a third": (truncated(1 / 3), QUARANTINED, r"cannot be parsed"),
+    "truncated after 8 bytes": (
+        truncated(0.001),
+        QUARANTINED,
+        r"'.*d99\.nc' cannot be parsed as hdf5: fast parser: OSError: Unable to synchronously open file",
+    ),
+    "truncated at a third": (truncated(1 / 3), QUARANTINED, r"cannot be parsed as hdf5: .*\(truncated file: eof ="),
     "truncated at 90%": (
         truncated(0.9),
         QUARANTINED,
-        r"parser returned different values|could not be read back|cannot be parsed",
+        r"cannot be parsed as hdf5: .*\(truncated file: eof =",
     ),
     "corrupt chunk index": (
         corrupt_chunk_index,
         QUARANTINED,
-        r"cannot be parsed|lacks variable|different values|could not be read",
+        r"the chunk index of variable 'tas' in '.*d99\.nc' cannot be read \(.*\): the file is corrupt",
     ),
     "netCDF3 wrong record count": (nc3_bad_record_count, QUARANTINED, r"declares 1,000,000 records .* holds only"),
-    "netCDF3 huge declared dimension": (nc3_huge_dimension, QUARANTINED, r"d99\.nc"),
+    "netCDF3 huge declared dimension": (
+        nc3_huge_dimension,
+        QUARANTINED,
+        r"variable 'tas' in '.*d99\.nc' reaches byte [\d,]+, past the end of the object \([\d,]+ bytes\)",
+    ),
     "HDF5 huge declared dimension": (
         h5_with(lambda f: f.create_dataset("huge", shape=(2**40,), chunks=(1,), dtype="u1")),
         QUARANTINED,
@@ -169,7 +177,7 @@ CORPUS: dict[str, tuple[Callable[[Path], None], str, str]] = {
     ),
     "10,000 tiny variables": (many_variables, QUARANTINED, r"has variable 'v00000' that the cube does not have"),
     "60 nested groups": (deep_groups, QUARANTINED, r"has variable 'level0/.*/deep' that the cube does not have"),
-    "non-UTF-8 variable name": (non_utf8_name, QUARANTINED, r"d99\.nc"),
+    "non-UTF-8 variable name": (non_utf8_name, SKIPPED, r"bad\\xff\\xfename its name is not UTF-8"),
     "non-UTF-8 attribute": (
         h5_with(lambda f: f["tas"].attrs.create("comment", np.bytes_(b"caf\xe9"))),
         STORED,
@@ -222,7 +230,8 @@ CORPUS: dict[str, tuple[Callable[[Path], None], str, str]] = {
     "mismatched calendar": (
         lambda p: nc4(p, encoding={"time": {"units": "days since 2000-01-01", "calendar": "noleap", "dtype": "int64"}}),
         QUARANTINED,
-        r"d99\.nc",
+        r"coordinate 'time' in '.*d99\.nc' \(units 'days since 2000-01-01', calendar 'noleap'\) cannot be "
+        r"represented exactly in the cube's encoding \(.*calendar 'proleptic_gregorian'",
     ),
     "mismatched fill value": (
         lambda p: nc4(p, encoding={"tas": {"_FillValue": -999.0}}),
@@ -309,10 +318,6 @@ def test_enum_variables_land_as_their_codes_with_the_mapping(workdir: Path) -> N
     sky = read_cube(spec)["sky"]
     assert sky.attrs["flag_values"] == [0, 1] and sky.attrs["flag_meanings"] == "cloud clear"
     np.testing.assert_array_equal(sky.values, [0, 1, 0])
-
-
-def test_corpus_counts() -> None:
-    assert len(CORPUS) + 2 >= 30  # the kinds above, the file that changes while parsed, the hanging parser
 
 
 def test_a_parser_that_hangs_is_stopped_and_only_its_file_refused(
