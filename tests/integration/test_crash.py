@@ -99,13 +99,21 @@ def test_kill_at_each_stage_then_rerun(crash_cube: tuple[Path, Spec, Path], icef
 
 
 def test_random_kills_then_rerun(crash_cube: tuple[Path, Spec, Path], icefloe_cli: str) -> None:
+    """Kills at random moments of a run: each must land while the run is alive, some after it has
+    staged work, and every rerun must finish the job exactly once."""
     spec_path, spec, root = crash_cube
     rng = random.Random(20261124)
     day = 2
+    for member in (1, 2):  # one run without a kill: how long a run of this size takes here, today
+        write_day(root, member, day)
+    started = time.monotonic()
+    assert run(icefloe_cli, spec_path).returncode == 0
+    took = time.monotonic() - started
+    landed: list[tuple[float, bool]] = []  # per kill: when, and whether the run had staged work by then
     for _ in range(6):
+        day += 1
         for member in (1, 2):
             write_day(root, member, day)
-        day += 1
         env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
         proc = subprocess.Popen(
             [icefloe_cli, "ingest", str(spec_path), "--json"],
@@ -114,12 +122,18 @@ def test_random_kills_then_rerun(crash_cube: tuple[Path, Spec, Path], icefloe_cl
             stderr=subprocess.DEVNULL,
             stdin=subprocess.DEVNULL,
         )
-        time.sleep(rng.uniform(0.5, 6.0))
+        at = rng.uniform(0.15, 0.8) * took
+        time.sleep(at)
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        assert proc.wait() == -signal.SIGKILL, "the run had finished before the kill: the kill landed after it"
+        repo = open_repo(spec)
+        landed.append((at, repo.lookup_branch(spec.repo.staging) != repo.lookup_branch("main")))
+        started = time.monotonic()
         again = run(icefloe_cli, spec_path)
+        took = max(took, time.monotonic() - started)
         assert again.returncode == 0, again.stderr[-2000:]
         assert_exactly_once(spec, root)
+    assert any(staged for _, staged in landed), f"no kill landed after the run had staged work: {landed}"
 
 
 def test_two_ingests_at_the_same_moment(crash_cube: tuple[Path, Spec, Path], icefloe_cli: str) -> None:
