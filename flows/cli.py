@@ -133,7 +133,7 @@ def _run_flow(flow: Callable[..., Any], show_progress: bool, **params: Any) -> d
     raise IcefloeError(f"the flow ended in state {state.type.value}: {state.message}")
 
 
-def _update(spec: Path, operation: str, as_json: bool, urls: list[str] | None = None, replace: bool = False) -> None:
+def _update(spec: Path, operation: str, as_json: bool, urls: list[str] | None = None, keep: bool = False) -> None:
     loaded = _load(spec)
     from lib.discovery import check_named_urls, check_source, compile_pattern
 
@@ -148,7 +148,7 @@ def _update(spec: Path, operation: str, as_json: bool, urls: list[str] | None = 
     if operation == "build":
         summary = _run_flow(build_cube, not as_json, spec=text)
     else:
-        summary = _run_flow(ingest_objects, not as_json, spec=text, urls=urls, replace=replace)
+        summary = _run_flow(ingest_objects, not as_json, spec=text, urls=urls, keep=keep)
     if not as_json:
         summary_table(summary, f"{operation} of {loaded.name}")
     _finish(summary, EXIT_QUARANTINED if summary.get("quarantined") else EXIT_OK)
@@ -167,13 +167,23 @@ def ingest(
     urls: Annotated[
         list[str] | None, typer.Argument(help="Only these objects (default: everything pending).", show_default=False)
     ] = None,
-    replace: Annotated[bool, typer.Option("--replace", help="Re-ingest objects that changed since ingest.")] = False,
+    keep: Annotated[
+        bool,
+        typer.Option(
+            "--keep",
+            help="Leave objects that changed since ingest as they are and report them (exit 3); by default "
+            "they are re-ingested.",
+        ),
+    ] = False,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Re-ingest objects that changed since ingest (the default).")
+    ] = True,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Incremental: pending objects (or the named ones) through staging and checks to main."""
     with _errors():
-        _update(spec, "ingest", as_json, urls=urls or None, replace=replace)
+        _update(spec, "ingest", as_json, urls=urls or None, keep=keep)
 
 
 @app.command()
@@ -307,7 +317,7 @@ def verify(spec: SpecArg, as_json: JsonOpt = False, debug: DebugOpt = False) -> 
                 + ("no drift" if drift.clean else f"{len(drift.changed)} changed, {len(drift.gone)} gone")
             )
             for item in drift.changed:
-                console.print(f"[yellow]changed[/] {item['url']} (re-ingest with `icefloe ingest --replace`)")
+                console.print(f"[yellow]changed[/] {item['url']} (`icefloe ingest` re-ingests it)")
             for url in drift.gone:
                 console.print(f"[red]gone[/] {url}")
         _finish(drift.to_json(), EXIT_OK if drift.clean else EXIT_DRIFT)

@@ -10,7 +10,7 @@ from flows.update_cube import update_cube
 
 
 @flow(name="ingest_objects", log_prints=True)
-def ingest_objects(spec: str, urls: list[str] | None = None, replace: bool = False) -> dict[str, Any]:
+def ingest_objects(spec: str, urls: list[str] | None = None, keep: bool = False) -> dict[str, Any]:
     """Ingest what is pending: objects in the source but not (or not at this etag) in the ledger.
 
     Event-triggered runs pass no URLs: they drain everything pending, so lost, batched or
@@ -22,7 +22,8 @@ def ingest_objects(spec: str, urls: list[str] | None = None, replace: bool = Fal
         Path of the cube's spec file, or the spec's YAML text.
     urls
         Only these objects (they must be in the source and match the pattern).
-    replace
-        Re-ingest objects whose content changed since they were ingested.
+    keep
+        Leave objects whose content changed since they were ingested as they are, and report them
+        (by default they are re-ingested through the same checks).
     """
-    return update_cube(spec, "ingest", urls=urls, replace=replace)
+    return update_cube(spec, "ingest", urls=urls, keep=keep)

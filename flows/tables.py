@@ -67,7 +67,7 @@ def summary_table(summary: dict[str, Any], title: str) -> None:
     for f in summary.get("findings", [])[:20]:
         console.print(f"[red]{f['check']}[/] ({f['scope']}): {f['message']}")
     for url in summary.get("changed", [])[:20]:
-        console.print(f"[cyan]changed[/] {url} (ingest with --replace to re-ingest)")
+        console.print(f"[cyan]changed[/] {url} (kept with --keep; a run without it re-ingests it)")
 
 
 def coverage_table(cov: Any, name: str) -> None:

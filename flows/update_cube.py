@@ -85,7 +85,7 @@ class TaskSteps:
 
 
 def update_cube(
-    spec_source: str, operation: Operation, urls: list[str] | None = None, replace: bool = False
+    spec_source: str, operation: Operation, urls: list[str] | None = None, keep: bool = False
 ) -> dict[str, Any]:
     """Run one update of the cube as tasks; returns the run's summary (the ``--json`` object).
 
@@ -104,7 +104,7 @@ def update_cube(
 
     with writer_lock(spec.repo.url, on_wait=waiting):
         for attempt in range(1, ATTEMPTS + 1):
-            run = CubeRun(spec, operation, run_id, flow_run=flow_run.get_id(), urls=urls, replace=replace)
+            run = CubeRun(spec, operation, run_id, flow_run=flow_run.get_id(), urls=urls, keep=keep)
             try:
                 run_steps(run, TaskSteps(run))
                 summary = run.finish()

@@ -8,6 +8,7 @@ its own files' references. Native variables (coordinates, scalars) are written a
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -19,7 +20,7 @@ import numpy as np
 
 from lib.errors import StorageError
 from lib.hierarchy import array_at, open_root
-from lib.layout import Axes, Placement
+from lib.layout import Axes, Move, Placement
 from lib.parsing.fragment import Fragment
 from lib.storage import ref_location
 from lib.validation import CELL, CONCAT, DATA, NATIVE, SHARED, VIRTUAL, CubeSchema, VariableSchema
@@ -82,12 +83,24 @@ def _zdtype(var: VariableSchema) -> Any:
     return get_data_type_from_json(var.metadata["data_type"], zarr_format=3)
 
 
+def chunk_grid(var: VariableSchema, schema: CubeSchema, axes: Axes) -> dict[str, Any]:
+    """A referenced variable's chunk grid in the cube: one chunk per pattern value, the files' own
+    chunks along their dims, and along rectilinear dims the edges the files brought."""
+    pad = len(cube_dims(var, schema)) - len(var.dims)
+    edges = [axes.edges.get(d, {}).get(var.path) if d in schema.rectilinear else None for d in var.dims]
+    if not any(e is not None for e in edges):
+        return {"name": "regular", "configuration": {"chunk_shape": [1] * pad + list(var.chunks)}}
+    shapes: list[Any] = [1] * pad
+    for chunk, boundaries in zip(var.chunks, edges, strict=True):
+        shapes.append(chunk if boundaries is None else [b - a for a, b in itertools.pairwise(boundaries)] or [chunk])
+    return {"name": "rectilinear", "configuration": {"kind": "inline", "chunk_shapes": shapes}}
+
+
 def _virtual_document(var: VariableSchema, schema: CubeSchema, axes: Axes) -> bytes:
     """The zarr.json of a referenced variable: the files' own metadata at the cube's size."""
     doc = dict(var.metadata)
-    pad = len(cube_dims(var, schema)) - len(var.dims)
     doc["shape"] = list(cube_shape(var, schema, axes))
-    doc["chunk_grid"] = {"name": "regular", "configuration": {"chunk_shape": [1] * pad + list(var.chunks)}}
+    doc["chunk_grid"] = chunk_grid(var, schema, axes)
     doc["dimension_names"] = list(cube_dims(var, schema))
     return json.dumps(doc, allow_nan=False).encode()
 
@@ -141,9 +154,16 @@ def _write_pattern_coords(group: Any, axes: Axes, schema: CubeSchema) -> None:
 
 
 def prepare_arrays(
-    store: IcechunkStore, schema: CubeSchema, axes: Axes, *, fresh: bool, shared: BatchItem | None = None
+    session: icechunk.Session,
+    schema: CubeSchema,
+    axes: Axes,
+    *,
+    fresh: bool,
+    shared: BatchItem | None = None,
+    moves: Sequence[Move] = (),
 ) -> None:
-    """Create every array at its full size (``fresh``) or resize the existing ones to ``axes``.
+    """Create every array at its full size (``fresh``), or bring the existing ones to ``axes``: grow
+    them, and apply ``moves`` to open room inside an axis (references move, no data is copied).
 
     A fresh cube replaces whatever the store held. Coordinates of the pattern and concat dims are
     (re)written in full; shared variables (values or refs) are written from ``shared``, a file
@@ -152,6 +172,7 @@ def prepare_arrays(
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
 
+    store = session.store
     prototype = default_buffer_prototype()
     if fresh:
         root = open_root(store, "w", attributes=schema.attributes)
@@ -160,15 +181,17 @@ def prepare_arrays(
     root = open_root(store, "r+")
     for var in schema.variables.values():
         shape = cube_shape(var, schema, axes)
-        if not fresh:
+        if var.kind == VIRTUAL:  # the metadata is ours to write: shape and chunk grid (rectilinear edges too)
+            sync(store.set(f"{var.path}/zarr.json", prototype.buffer.from_bytes(_virtual_document(var, schema, axes))))
+        elif fresh:
+            _create_native(root, var, schema, axes)
+        else:
             array = array_at(root, var.path)
             if tuple(array.shape) != shape:
                 array.resize(shape)
-            continue
-        if var.kind == VIRTUAL:
-            sync(store.set(f"{var.path}/zarr.json", prototype.buffer.from_bytes(_virtual_document(var, schema, axes))))
-        else:
-            _create_native(root, var, schema, axes)
+    if not fresh:
+        for move in moves:
+            apply_move(session, root, schema, move)
     _write_pattern_coords(root, axes, schema)
     for dim, values in axes.concat.items():
         coordinate_schema = schema.variables.get(dim)
@@ -181,14 +204,68 @@ def prepare_arrays(
         if var.kind == NATIVE:
             array = array_at(root, var.path)
             array[...] = np.asarray(shared.fragment.arrays[var.path].values).astype(array.dtype)
-    _set_refs(store, _ref_calls([shared], schema, {v.path for v in schema.by_role(SHARED) if v.kind == VIRTUAL}))
+    _set_refs(store, _ref_calls([shared], schema, axes, {v.path for v in schema.by_role(SHARED) if v.kind == VIRTUAL}))
 
 
-def _offset(var: VariableSchema, schema: CubeSchema, placement: Placement) -> tuple[int, ...]:
+def apply_move(session: icechunk.Session, root: Any, schema: CubeSchema, move: Move) -> None:
+    """Open ``move.by`` positions at ``move.at`` along ``move.dim`` in every array that has the dim.
+
+    Referenced arrays move their chunk references with Icechunk's manifest-only moves (a shift when
+    the room opens at the start, a reindex otherwise); native arrays (coordinates are rewritten
+    whole elsewhere) shift their values. The arrays must already have their new size.
+    """
+    for var in schema.variables.values():
+        dims = cube_dims(var, schema)
+        if move.dim not in dims or var.role == CONCAT:
+            continue
+        axis = dims.index(move.dim)
+        if var.kind == VIRTUAL:
+            chunks = [1] * (len(dims) - len(var.dims)) + list(var.chunks)
+            at, by = move.at // chunks[axis], move.by // chunks[axis]
+            if at == 0:
+                session.shift_array(f"/{var.path}", [by if i == axis else 0 for i in range(len(dims))])
+            else:
+                session.reindex_array(f"/{var.path}", *_inserting(axis, at, by))
+            continue
+        array = array_at(root, var.path)
+        values = np.asarray(array[...])
+        index: list[Any] = [slice(None)] * values.ndim
+        tail, room, head = list(index), list(index), list(index)
+        tail[axis] = slice(move.at + move.by, None)
+        head[axis] = slice(move.at, values.shape[axis] - move.by)
+        room[axis] = slice(move.at, move.at + move.by)
+        values[tuple(tail)] = values[tuple(head)].copy()
+        values[tuple(room)] = array.fill_value
+        array[...] = values
+
+
+def _inserting(axis: int, at: int, by: int) -> tuple[Any, Any]:
+    """Forward and backward chunk-index maps that open ``by`` chunks at ``at`` along ``axis``."""
+
+    def forward(index: Any) -> list[int] | None:
+        index = list(index)
+        if index[axis] < at:
+            return None  # stays where it is
+        index[axis] += by
+        return index
+
+    def backward(position: Any) -> list[int] | None:
+        position = list(position)
+        if position[axis] < at:
+            return position
+        if position[axis] < at + by:
+            return None  # the room opened: empty
+        position[axis] -= by
+        return position
+
+    return forward, backward
+
+
+def _offset(var: VariableSchema, schema: CubeSchema, axes: Axes, placement: Placement) -> tuple[int, ...]:
     """The chunk index at which a file's block of ``var`` starts in the cube."""
     out = list(placement.cell) if var.role in (DATA, CELL) else []
     for dim, chunk in zip(var.dims, var.chunks, strict=True):
-        out.append(placement.range_of(dim)[0] // chunk if dim in schema.concat else 0)
+        out.append(axes.chunk_index(var.path, dim, chunk, placement.range_of(dim)[0]) if dim in schema.concat else 0)
     return tuple(out)
 
 
@@ -206,15 +283,20 @@ class RefCall(NamedTuple):
     refs: int
 
 
-def _ref_calls(items: Iterable[BatchItem], schema: CubeSchema, refs_for: set[str]) -> list[RefCall]:
-    """The calls that write each file's refs at its offset (the per-file hot path of a build)."""
+def _ref_calls(items: Iterable[BatchItem], schema: CubeSchema, axes: Axes, refs_for: set[str]) -> list[RefCall]:
+    """The calls that write each file's refs at its offset (the per-file hot path of a build).
+
+    Along a rectilinear dim a file's partial last chunk is referenced with only the bytes of its
+    values (the layout admits that only for uncompressed chunks along their leading dim, where those
+    bytes come first).
+    """
     variables = [v for v in schema.variables.values() if v.kind == VIRTUAL and v.path in refs_for]
     # per variable, once: padding for the pattern dims, and where a file's offset comes from
     layout = []
     for var in variables:
         pad = len(cube_dims(var, schema)) - len(var.dims)
         concat_axes = [
-            (i, dim, chunk)
+            (i, dim, chunk, dim in schema.rectilinear)
             for i, (dim, chunk) in enumerate(zip(var.dims, var.chunks, strict=True))
             if dim in schema.concat
         ]
@@ -223,7 +305,7 @@ def _ref_calls(items: Iterable[BatchItem], schema: CubeSchema, refs_for: set[str
     for item in items:
         location = ref_location(item.fragment.url)
         placement = item.placement
-        ranges = {d: a for d, a, _ in placement.ranges}
+        ranges = {d: (a, z) for d, a, z in placement.ranges}
         arrays = item.fragment.arrays
         for path, ndim, leading, concat_axes, padded in layout:
             frag = arrays[path]
@@ -233,8 +315,10 @@ def _ref_calls(items: Iterable[BatchItem], schema: CubeSchema, refs_for: set[str
             if not count:
                 continue
             offset = [0] * ndim
-            for axis, dim, chunk in concat_axes:
-                offset[axis] = ranges[dim] // chunk
+            for axis, dim, chunk, rectilinear in concat_axes:
+                offset[axis] = axes.chunk_index(path, dim, chunk, ranges[dim][0])
+                if rectilinear:
+                    lengths = _trimmed(frag.lengths, lengths, axis, placement.chunk_of(path, dim, chunk), ranges[dim])
             if count == lengths.size:
                 locations = [location] * count
             else:  # chunks the file never wrote stay empty in the cube (they read as the fill value)
@@ -252,6 +336,18 @@ def _ref_calls(items: Iterable[BatchItem], schema: CubeSchema, refs_for: set[str
                 )
             )
     return calls
+
+
+def _trimmed(grid: np.ndarray, flat: np.ndarray, axis: int, chunk: int, span: tuple[int, int]) -> np.ndarray:
+    """Lengths with the partial last chunk along ``axis`` cut to its values' bytes."""
+    values = (span[1] - span[0]) % chunk
+    if not values:
+        return flat
+    cut = flat.reshape(grid.shape).copy()
+    last: list[Any] = [slice(None)] * cut.ndim
+    last[axis] = -1
+    cut[tuple(last)] = cut[tuple(last)] // chunk * values
+    return cut.ravel()
 
 
 def _set_refs(store: IcechunkStore, calls: list[RefCall]) -> None:
@@ -295,14 +391,16 @@ def _write_natives(store: IcechunkStore, schema: CubeSchema, items: list[BatchIt
         array[...] = whole
 
 
-def place_batch(session: icechunk.Session, schema: CubeSchema, items: list[BatchItem], workers: int = 2) -> int:
+def place_batch(
+    session: icechunk.Session, schema: CubeSchema, axes: Axes, items: list[BatchItem], workers: int = 2
+) -> int:
     """Write one batch's references and native values into a session; returns the refs written.
 
     References are spread over ``workers`` Icechunk forks written in parallel and merged back.
     The arrays must already have their final size (forks cannot grow them).
     """
     refs_for = {v.path for v in schema.by_role(DATA, CELL) if v.kind == VIRTUAL}
-    calls = _ref_calls(items, schema, refs_for)
+    calls = _ref_calls(items, schema, axes, refs_for)
     if workers > 1 and len(calls) > 64:
         shares = [calls[i::workers] for i in range(workers)]
         forks = [session.fork() for _ in shares]
@@ -316,7 +414,12 @@ def place_batch(session: icechunk.Session, schema: CubeSchema, items: list[Batch
 
 
 def clear_blocks(
-    store: IcechunkStore, schema: CubeSchema, placements: list[Placement], *, cells_emptied: set[tuple[int, ...]]
+    store: IcechunkStore,
+    schema: CubeSchema,
+    axes: Axes,
+    placements: list[Placement],
+    *,
+    cells_emptied: set[tuple[int, ...]],
 ) -> None:
     """Remove the references and native values of files taken out of the cube (reset to fill values).
 
@@ -337,12 +440,12 @@ def clear_blocks(
                 array = array_at(root, var.path)
                 array[tuple(region)] = array.fill_value
                 continue
-            start = _offset(var, schema, p)
+            start = _offset(var, schema, axes, p)
             grid = []
             for dim, chunk, size in zip(var.dims, var.chunks, var.shape, strict=True):
                 if dim in schema.concat:
                     a, b = p.range_of(dim)
-                    grid.append(math.ceil((b - a) / chunk))
+                    grid.append(math.ceil((b - a) / p.chunk_of(var.path, dim, chunk)))
                 else:
                     grid.append(math.ceil(size / chunk))
             pad = len(start) - len(grid)

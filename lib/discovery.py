@@ -333,7 +333,7 @@ def classify_objects(
         if only is not None and obj.url not in only:
             continue
         row = ledger.get(obj.url)
-        if row is None or row.status == "removed":
+        if row is None or row.status in ("removed", "deferred"):  # deferred objects are tried by every run
             out.pending.append(obj)
         elif row.etag != obj.etag:
             (out.pending if replace or row.status == "quarantined" else out.changed).append(obj)

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     import zarr
     from zarr.abc.store import Store
 
-__all__ = ["array_at", "open_root"]
+__all__ = ["allow_rectilinear", "array_at", "open_root"]
 
 
 def open_root(store: Store, mode: Literal["r", "r+", "a", "w"] = "r", **kwargs: object) -> zarr.Group:
@@ -36,3 +36,14 @@ def array_at(group: zarr.Group, path: str) -> zarr.Array:
     if not isinstance(node, zarr.Array):
         raise TypeError(f"'{path}' in the cube is a group, not an array")
     return node
+
+
+def allow_rectilinear() -> None:
+    """Let Zarr read rectilinear chunk grids (cubes with ``rectilinear:`` axes use them).
+
+    Zarr 3.4 keeps them behind the ``array.rectilinear_chunks`` option, which this sets for the
+    process, as ``ZARR_ARRAY__RECTILINEAR_CHUNKS=True`` in the environment would.
+    """
+    import zarr
+
+    zarr.config.set({"array.rectilinear_chunks": True})

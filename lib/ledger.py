@@ -2,9 +2,13 @@
 
 It lives inside the repository, in the group ``_icefloe/``, and is written in the same commit as the
 references it describes, so "ingested" and "in the cube" cannot disagree. It is an append-only
-array of JSON rows, one per event (ingested, quarantined, removed); the newest row of a URL is its
-state. Appending a batch touches only the array's last chunks, so an ingest costs what its batch
-costs, however large the archive. The cube's schema is kept beside it, in the group's attributes.
+array of JSON rows, one per event (ingested, quarantined, deferred, removed); the newest row of a URL
+is its state. Appending a batch touches only the array's last chunks, so an ingest costs what its
+batch costs, however large the archive. The cube's schema is kept beside it, in the group's attributes.
+
+Positions move when room is opened inside an axis (a late file, a back-fill): the group's ``moves``
+attribute logs each move, and a row records how many moves the log held when it was written, so its
+positions are brought up to date when it is read. No old row is ever rewritten.
 """
 
 from __future__ import annotations
@@ -25,11 +29,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LedgerRow",
+    "Status",
+    "append_moves",
     "append_rows",
     "iter_current",
     "iter_rows",
     "read_ledger",
     "read_ledger_index",
+    "read_moves",
     "read_rows",
     "read_schema",
     "write_schema",
@@ -41,14 +48,16 @@ LEDGER_CHUNK = 8192
 
 
 class Status(StrEnum):
-    """Where an object stands: in the cube, refused (with the reason), or taken out again."""
+    """Where an object stands: in the cube, refused (with the reason), waiting for a gap on its axis
+    to fill, or taken out again."""
 
     INGESTED = "ingested"
     QUARANTINED = "quarantined"
+    DEFERRED = "deferred"
     REMOVED = "removed"
 
 
-INGESTED, QUARANTINED, REMOVED = Status.INGESTED, Status.QUARANTINED, Status.REMOVED
+INGESTED, QUARANTINED, DEFERRED, REMOVED = Status.INGESTED, Status.QUARANTINED, Status.DEFERRED, Status.REMOVED
 
 
 @dataclass(slots=True)
@@ -70,6 +79,10 @@ class LedgerRow:
     digests: dict[str, str] = field(default_factory=dict)
     run: str = ""
     at: str = ""
+    since: str = ""  # deferred: waiting since
+    values: dict[str, list[Any]] = field(default_factory=dict)  # refused or deferred: concat values (encoded)
+    chunking: list[list[Any]] = field(default_factory=list)  # [dim, variable, chunk] along rectilinear dims
+    moves: int = 0  # the moves the log held when the row was written (its positions are as of then)
 
     def to_json(self) -> str:
         # a row per object on the build's hot path: getattr over the fields (dataclasses.asdict deep
@@ -108,6 +121,32 @@ def _group(store: Store, create: bool = False) -> Any:
     return root.create_group(META_GROUP, attributes={"description": "icefloe's ledger and cube schema"})
 
 
+def read_moves(store: Store) -> list[dict[str, Any]]:
+    """The log of moves (``{dim, at, by}``) that opened room inside the axes, oldest first."""
+    group = _group(store)
+    return list(group.attrs.get("moves", [])) if group is not None else []
+
+
+def append_moves(store: Store, moves: list[dict[str, Any]]) -> None:
+    """Log moves, in the same session that moves the chunks."""
+    if moves:
+        group = _group(store, create=True)
+        group.update_attributes({"moves": [*read_moves(store), *moves]})
+
+
+def moved(ranges: dict[str, list[int]], epoch: int, moves: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """Positions written when the log held ``epoch`` moves, as they are after every move since."""
+    if epoch >= len(moves) or not ranges:
+        return ranges
+    out = {d: list(r) for d, r in ranges.items()}
+    for move in moves[epoch:]:
+        span = out.get(move["dim"])
+        if span is not None and span[0] >= move["at"]:
+            span[0] += move["by"]
+            span[1] += move["by"]
+    return out
+
+
 def _iter_texts(store: Store, start: int = 0) -> Iterator[str]:
     group = _group(store)
     if group is None or "ledger" not in group:
@@ -120,9 +159,14 @@ def _iter_texts(store: Store, start: int = 0) -> Iterator[str]:
 
 
 def iter_rows(store: Store, start: int = 0) -> Iterator[LedgerRow]:
-    """Ledger rows from position ``start`` on, oldest first, decoded a chunk at a time."""
+    """Ledger rows from position ``start`` on, oldest first, decoded a chunk at a time, their positions
+    up to date."""
+    moves = read_moves(store)
     for text in _iter_texts(store, start):
-        yield LedgerRow.from_json(text)
+        row = LedgerRow.from_json(text)
+        if row.moves < len(moves):
+            row.ranges = moved(row.ranges, row.moves, moves)
+        yield row
 
 
 def read_rows(store: Store, start: int = 0) -> list[LedgerRow]:
@@ -165,9 +209,12 @@ def read_ledger_index(store: Store) -> dict[str, LedgerRow]:
     shared: dict[tuple[Any, ...], Any] = {}
     statuses = {s.value: s for s in Status}
     index: dict[str, LedgerRow] = {}
+    moves = read_moves(store)
     for text in _iter_texts(store):
         data = orjson.loads(text)
         fields, ranges, digests = data.get("fields", {}), data.get("ranges"), data.get("digests", {})
+        if ranges and data.get("moves", 0) < len(moves):
+            ranges = moved(ranges, data.get("moves", 0), moves)
         index[data["url"]] = LedgerRow(
             url=data["url"],
             etag=data.get("etag", ""),
@@ -175,6 +222,7 @@ def read_ledger_index(store: Store) -> dict[str, LedgerRow]:
             fields=shared.setdefault(("fields", *fields.items()), fields),
             ranges=ranges or _EMPTY,
             digests=shared.setdefault(("digests", *sorted(digests.items())), digests),
+            since=data.get("since", ""),
         )
     return index
 
@@ -190,6 +238,9 @@ def append_rows(store: Store, rows: list[LedgerRow]) -> int:
     if "ledger" not in group:
         group.create_array("ledger", shape=(0,), chunks=(LEDGER_CHUNK,), dtype=str, fill_value="")
     array = group["ledger"]
+    epoch = len(read_moves(store))
+    for row in rows:
+        row.moves = epoch
     n = array.shape[0]
     array.resize((n + len(rows),))
     array[n:] = np.array([r.to_json() for r in rows], dtype=np.dtypes.StringDType())

@@ -40,7 +40,7 @@ def verify_sources(repo: icechunk.Repository, spec: Spec) -> Drift:
     """Compare every object main holds with the source as it is now (one listing, no reads).
 
     A changed object would fail loudly on read (its refs carry the old checksum): re-ingest it with
-    ``icefloe ingest --replace``. A gone object's data can no longer be read at all.
+    ``icefloe ingest`` (it re-ingests changed objects). A gone object's data can no longer be read at all.
     """
     store = repo.readonly_session(branch=spec.repo.branch).store
     ledger = {url: row for url, row in read_ledger(store).items() if row.status == INGESTED}

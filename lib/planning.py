@@ -8,13 +8,14 @@ file's place. Nothing is written here; ``icefloe plan`` stops after this step.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lib.errors import SpecError
-from lib.layout import Axes, Occupied, Placement, plan_layout
-from lib.ledger import INGESTED, LedgerRow
+from lib.layout import Axes, Move, Occupied, Placement, Rules, plan_layout
+from lib.ledger import DEFERRED, INGESTED, LedgerRow
 from lib.state import CubeState
 from lib.validation import CubeSchema, FileEntry, compare_schemas, cube_encoding, encode_concat_values
 
@@ -40,11 +41,15 @@ class Plan:
     placements: dict[str, Placement] = field(default_factory=dict)
     entries: dict[str, FileEntry] = field(default_factory=dict)
     quarantined: dict[str, str] = field(default_factory=dict)
+    deferred: dict[str, str] = field(default_factory=dict)
     batches: list[list[str]] = field(default_factory=list)
     grows: bool = False
     shared_source: str | None = None
     replaced: set[str] = field(default_factory=set)
     spilled: bool = False
+    moves: list[Move] = field(default_factory=list)
+    values: dict[str, dict[str, list[Any]]] = field(default_factory=dict)  # of refused and deferred files
+    waiting: dict[str, str] = field(default_factory=dict)  # deferred files not yet recorded as such: since
 
     @property
     def accepted(self) -> int:
@@ -111,20 +116,30 @@ def _cell_references(state: CubeState) -> dict[tuple[tuple[str, Any], ...], dict
     return out
 
 
-def check_spec_matches(schema: CubeSchema | None, pattern: dict[str, str], concat: tuple[str, ...]) -> None:
-    """An existing cube's pattern fields and concat dims must be the spec's.
+def check_spec_matches(
+    schema: CubeSchema | None, pattern: dict[str, str], concat: tuple[str, ...], rules: Rules
+) -> None:
+    """An existing cube's pattern fields, concat dims and rectilinear dims must be the spec's.
 
     Raises
     ------
     SpecError
         They differ: the cube must be rebuilt.
     """
-    if schema is not None and (schema.pattern != pattern or schema.concat != concat):
+    if schema is None:
+        return
+    if schema.pattern != pattern or schema.concat != concat:
         raise SpecError(
             f"the cube was built with pattern fields {list(schema.pattern)} and concat "
             f"{list(schema.concat)}; "
             f"the spec now says {list(pattern)} and {list(concat)}: run `icefloe build` to rebuild it",
             key="source.pattern",
+        )
+    if set(schema.rectilinear) != set(rules.rectilinear):
+        raise SpecError(
+            f"the cube was built with rectilinear {list(schema.rectilinear)}; the spec now says "
+            f"{sorted(rules.rectilinear)}: run `icefloe build` to rebuild it with the new chunk grids",
+            key="rectilinear",
         )
 
 
@@ -228,20 +243,25 @@ def plan_update(
     concat: tuple[str, ...],
     parsed: list[ParsedBatch],
     replacing: set[str] | None = None,
+    rules: Rules | None = None,
+    max_wait: dt.timedelta | None = None,
+    now: dt.datetime | None = None,
 ) -> Plan:
     """Validate every parsed file against the cube and lay out the accepted ones.
 
     The passes, in order: choose the schema, fit each file to it, re-encode the concat coordinates,
     compare shared coordinates and per-cell variables, lay out the axes. Each pass refuses files with
-    a reason; what passes every one is placed.
+    a reason; what passes every one is placed, or waits for a gap on a regular axis to fill (a file
+    that has waited longer than ``max_wait`` is refused instead).
 
     Raises
     ------
     SpecError
-        The spec's pattern fields or concat dims differ from those the cube was built with.
+        The spec's pattern fields, concat or rectilinear dims differ from those the cube was built with.
     """
     replacing = replacing or set()
-    check_spec_matches(state.schema, pattern, concat)
+    rules = rules or Rules()
+    check_spec_matches(state.schema, pattern, concat, rules)
     entries = [e for b in parsed for e in b.entries]
     kinds: dict[str, CubeSchema] = {}
     for b in parsed:
@@ -264,21 +284,52 @@ def plan_update(
     accepted.sort(key=lambda e: (e.fields, e.url))
 
     existing = None if state.fresh else state.axes
-    axes, placements, rejected = plan_layout(accepted, schema, existing, _occupied(state, replacing))
-    quarantined.update(rejected)
-    placed = {p.url: p for p in placements}
+    layout = plan_layout(accepted, schema, existing, _occupied(state, replacing), rules)
+    quarantined.update(layout.refused)
+    deferred, waiting, expired = _waits(state, layout.deferred, max_wait, now or dt.datetime.now(dt.UTC))
+    quarantined.update(expired)
+    placed = layout.placements
     return Plan(
         schema=schema,
-        axes=axes,
+        axes=layout.axes,
         fresh=state.fresh,
         placements=placed,
         entries={e.url: e for e in accepted if e.url in placed},
         quarantined=quarantined,
+        deferred=deferred,
         batches=[[e.url for e in b.entries if e.url in placed] for b in parsed],
-        grows=state.fresh or existing is None or axes.sizes() != existing.sizes(),
+        grows=state.fresh or existing is None or layout.axes.sizes() != existing.sizes() or bool(layout.moves),
         shared_source=next((e.url for e in accepted if e.url in placed), None) if state.fresh else None,
         replaced={u for u in replacing if u in state.ledger and state.ledger[u].status == INGESTED},
+        moves=layout.moves,
+        values={e.url: {d: v.tolist() for d, v in e.encoded.items()} for e in entries if e.url not in placed},
+        waiting=waiting,
     )
+
+
+def _waits(
+    state: CubeState, deferred: dict[str, str], max_wait: dt.timedelta | None, now: dt.datetime
+) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """Which deferred files go on waiting, which start to, and which have waited too long.
+
+    Returns (the files that wait, with their reasons; of those, the ones the ledger does not yet
+    record as waiting, with the time they start to; the files that waited longer than ``max_wait``,
+    with the reason they are quarantined). A file's wait starts when it is first deferred.
+    """
+    waits: dict[str, str] = {}
+    starting: dict[str, str] = {}
+    expired: dict[str, str] = {}
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    for url, reason in deferred.items():
+        row = state.ledger.get(url)
+        since = row.since if row is not None and row.status == DEFERRED and row.since else None
+        if since is None:
+            starting[url] = stamp
+        elif max_wait is not None and now - dt.datetime.fromisoformat(since.replace("Z", "+00:00")) > max_wait:
+            expired[url] = f"{reason}; it has waited since {since}, longer than checks.max_wait ({max_wait})"
+            continue
+        waits[url] = reason
+    return waits, starting, expired
 
 
 def ledger_row(entry: FileEntry, placement: Placement, run: str, at: str) -> LedgerRow:
@@ -298,4 +349,5 @@ def ledger_row(entry: FileEntry, placement: Placement, run: str, at: str) -> Led
         at=at,
         layout=entry.layout_key,
         digests=dict(entry.cell),
+        chunking=[list(c) for c in entry.chunking],
     )

@@ -13,7 +13,6 @@ blocks the publish.
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
 from collections.abc import Iterable, Sequence
@@ -103,39 +102,18 @@ def choose_samples(candidates: Iterable[SpotSample], files: int | str, seed: int
     return picked + rest[: max(0, wanted - len(picked))]
 
 
-def _regular_gaps(values: np.ndarray, attrs: dict[str, Any], dim: str) -> list[str]:
-    """Missing steps on a regular axis, described in decoded units."""
-    import pandas as pd
-    import xarray as xr
-    from xarray import conventions
+def _regular_gaps(values: np.ndarray, encoding: dict[str, Any]) -> list[str]:
+    """Missing steps on a regular axis, described in decoded units (a calendar month is one step)."""
+    from lib.regularity import describe_value, gaps, infer_step
 
-    if values.size < 3:
+    model = infer_step(values, [], encoding)
+    if model is None:
         return []
-    decoded = conventions.decode_cf_variable(dim, xr.Variable((dim,), values, attrs)).values
-    if np.issubdtype(np.asarray(decoded).dtype, np.datetime64):
-        index = pd.DatetimeIndex(decoded)
-        if xr.infer_freq(index) is not None:
-            return []
-        steps = np.diff(index.asi8)
-    elif np.asarray(decoded).dtype.kind in "iuf":
-        steps = np.diff(np.asarray(decoded, dtype=float))
-    else:
-        try:
-            if xr.infer_freq(xr.CFTimeIndex(decoded)) is not None:
-                return []
-        except (TypeError, ValueError):
-            pass
-        steps = np.array([(b - a).total_seconds() for a, b in itertools.pairwise(decoded)])
-    positive = steps[steps > 0]
-    if positive.size == 0:
-        return []
-    step = np.median(positive)
-    gaps = []
-    for i, s in enumerate(steps):
-        if s > 1.5 * step:
-            missing = round(s / step) - 1
-            gaps.append(f"{missing} step(s) missing between {decoded[i]} and {decoded[i + 1]}")
-    return gaps
+    return [
+        f"{missing} step(s) of {model.describe()} missing between {describe_value(values[i], encoding)} and "
+        f"{describe_value(values[i + 1], encoding)}"
+        for i, missing in gaps(model.numbers(values))
+    ]
 
 
 def structural_findings(
@@ -164,8 +142,7 @@ def structural_findings(
                 )
             )
         if dim in regular:
-            attrs = dict(coordinate.attrs)
-            gaps = _regular_gaps(values, {k: v for k, v in attrs.items() if k in ("units", "calendar")}, dim)
+            gaps = _regular_gaps(values, schema.concat_encoding.get(dim, {}))
             if gaps:
                 findings.append(
                     Finding(
@@ -307,18 +284,19 @@ def _check_variable(
     root: Any, var: VariableSchema, schema: CubeSchema, p: Placement, read: Any, rng: random.Random, count: int
 ) -> str | None:
     file_shape = []
+    chunks = [p.chunk_of(var.path, dim, chunk) for dim, chunk in zip(var.dims, var.chunks, strict=True)]
     for dim, size in zip(var.dims, var.shape, strict=True):
         if dim in schema.concat:
             a, b = p.range_of(dim)
             file_shape.append(b - a)
         else:
             file_shape.append(size)
-    grid = [math.ceil(s / c) for s, c in zip(file_shape, var.chunks, strict=True)]
+    grid = [math.ceil(s / c) for s, c in zip(file_shape, chunks, strict=True)]
     total = math.prod(grid)  # a file may declare millions of chunks: pick by number, never list them
     for pick in rng.sample(range(total), min(count, total)):
         index = tuple(int(i) for i in np.unravel_index(pick, grid)) if grid else ()
         file_region = tuple(
-            slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, var.chunks, file_shape, strict=True)
+            slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, chunks, file_shape, strict=True)
         )
         cube_region: list[Any] = list(p.cell) if var.role in (DATA, CELL) else []
         for dim, region in zip(var.dims, file_region, strict=True):

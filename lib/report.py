@@ -1,7 +1,7 @@
 """What a run did, as the ``--json`` summary, an exit code and Markdown for a Prefect artifact.
 
 The summary keys are a contract (the README's Commands section): ``discovered = ingested + unchanged + len(changed) +
-len(quarantined)``, ``dims`` lists every dim of the cube, ``snapshot`` is main's tip after the run.
+len(quarantined) + len(deferred)``, ``dims`` lists every dim of the cube, ``snapshot`` is main's tip after the run.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ class RunSummary:
     ingested: int = 0
     unchanged: int = 0
     changed: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    deferred: list[dict[str, str]] = field(default_factory=list)
     quarantined: list[dict[str, str]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     dims: dict[str, int] = field(default_factory=dict)
@@ -44,7 +46,7 @@ class RunSummary:
     def exit_code(self) -> int:
         if self.error is not None:
             return EXIT_FAILED
-        return EXIT_QUARANTINED if self.quarantined else EXIT_OK
+        return EXIT_QUARANTINED if self.quarantined or self.changed else EXIT_OK
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -54,6 +56,8 @@ class RunSummary:
             "ingested": self.ingested,
             "unchanged": self.unchanged,
             "changed": self.changed,
+            "replaced": self.replaced,
+            "deferred": self.deferred,
             "quarantined": self.quarantined,
             "skipped": self.skipped,
             "dims": self.dims,
@@ -76,10 +80,10 @@ class RunSummary:
         lines = [
             f"# icefloe {self.operation}: {status}",
             "",
-            "| discovered | ingested | unchanged | changed | quarantined | refs | main |",
-            "|---:|---:|---:|---:|---:|---:|---|",
+            "| discovered | ingested | unchanged | changed | deferred | quarantined | refs | main |",
+            "|---:|---:|---:|---:|---:|---:|---:|---|",
             f"| {self.discovered} | {self.ingested} | {self.unchanged} | {len(self.changed)} | "
-            f"{len(self.quarantined)} | {self.refs} | `{self.snapshot or '-'}` |",
+            f"{len(self.deferred)} | {len(self.quarantined)} | {self.refs} | `{self.snapshot or '-'}` |",
             "",
             "**dims:** " + (", ".join(f"{d}={n}" for d, n in self.dims.items()) or "-"),
         ]
@@ -88,6 +92,11 @@ class RunSummary:
         if self.quarantined:
             lines += ["", "## Quarantined", "", "| object | reason |", "|---|---|"]
             lines += [f"| `{q['url']}` | {_cell(q['reason'])} |" for q in self.quarantined[:200]]
+        if self.deferred:
+            lines += ["", "## Deferred (waiting for a gap on their axis to fill)", "", "| object | why |", "|---|---|"]
+            lines += [f"| `{d['url']}` | {_cell(d['reason'])} |" for d in self.deferred[:200]]
+        if self.replaced:
+            lines += ["", "## Re-ingested (their content changed)", ""] + [f"- `{u}`" for u in self.replaced[:200]]
         if self.findings:
             lines += ["", "## Check findings", "", "| check | scope | finding |", "|---|---|---|"]
             lines += [f"| {f['check']} | {f['scope']} | {_cell(f['message'])} |" for f in self.findings[:200]]
@@ -95,7 +104,7 @@ class RunSummary:
             lines += ["", "## Skipped variables", "", "| object | variable | reason |", "|---|---|---|"]
             lines += [f"| `{s['url']}` | `{s['variable']}` | {_cell(s['reason'])} |" for s in self.skipped[:200]]
         if self.changed:
-            lines += ["", "## Changed since ingest (use --replace)", ""] + [f"- `{u}`" for u in self.changed[:200]]
+            lines += ["", "## Changed since ingest, kept (--keep)", ""] + [f"- `{u}`" for u in self.changed[:200]]
         if self.notes:
             lines += ["", "## Notes", ""] + [f"- {_cell(n)}" for n in self.notes[:200]]
         return "\n".join(lines) + "\n"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lib.errors import ConflictError, StorageError, first_line, store_error
+from lib.hierarchy import allow_rectilinear
 from lib.storage import container_credentials, repo_storage, virtual_containers
 
 if TYPE_CHECKING:
@@ -81,6 +82,7 @@ def open_repository(spec: Spec, *, create: bool = False) -> icechunk.Repository 
     """
     import icechunk
 
+    allow_rectilinear()  # a cube with rectilinear axes must open wherever icefloe opens it
     storage = repo_storage(spec)
     try:
         exists = icechunk.Repository.exists(storage, storage_settings=_storage_settings())
@@ -262,8 +264,11 @@ def run_history(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if stage == "batch":
             run["ingested"] += int(meta.get("ingested", 0))
             run["refs"] += int(meta.get("refs", 0))
-        elif stage in ("prepare", "quarantine"):
+        elif stage == "prepare":
             run["quarantined"] += int(meta.get("quarantined", 0))
+        elif stage == "quarantine":  # files the checks took back out: placed by a batch, then refused
+            run["quarantined"] += int(meta.get("quarantined", 0))
+            run["ingested"] -= int(meta.get("quarantined", 0))
         elif stage == "nativize":
             run["nativized"] = list(meta.get("nativized", []))
     out = []

@@ -26,6 +26,7 @@ from lib.discovery import (
 )
 from lib.errors import PublishBlocked, SpecError, StorageError, storage_step
 from lib.executors import Executor, make_executor
+from lib.layout import Rules
 from lib.ledger import INGESTED, QUARANTINED
 from lib.local.faults import checkpoint
 from lib.memory import release
@@ -68,18 +69,25 @@ class CubeRun:
         *,
         flow_run: str | None = None,
         urls: list[str] | None = None,
-        replace: bool = False,
+        keep: bool = False,
         write: bool = True,
     ) -> None:
         self.spec = spec
         self.operation = operation
         self.info = RunInfo(run_id=run_id, operation=operation, flow_run=flow_run)
         self.urls = set(urls) if urls else None
-        self.replace = replace
+        self.keep = keep  # changed objects are reported and left as they are, not re-ingested
         self.write = write
         self.pattern = compile_pattern(spec.source.pattern)
         self.source = SourceConfig(spec.source.url, spec.source.storage)
-        self.options = ParseOptions(concat=spec.concat, native=spec.variables.native, drop=spec.variables.drop)
+        self.options = ParseOptions(
+            concat=spec.concat, rectilinear=spec.rectilinear, native=spec.variables.native, drop=spec.variables.drop
+        )
+        self.rules = Rules(
+            regular=frozenset(spec.checks.regular) & frozenset(spec.concat),
+            rectilinear=frozenset(spec.rectilinear),
+            max_gap=spec.checks.max_gap,
+        )
         self.summary = RunSummary(operation=operation, branch=spec.repo.branch)
         self.started = time.monotonic()
         self.repo: icechunk.Repository | None = None
@@ -90,7 +98,7 @@ class CubeRun:
         self.plan_: Plan | None = None
         self.findings: list[Finding] = []
         self.staged: str | None = None
-        self.quarantine_etags: dict[str, str] = {}
+        self.row_etags: dict[str, str] = {}  # of the objects refused or deferred: their ledger rows need them
         self._spool: Spool | None = None
         self._executor: Executor | None = None
 
@@ -164,7 +172,7 @@ class CubeRun:
             if self.operation == "build":
                 raise SpecError(nothing + ": check source.url and source.pattern", key="source.pattern")
             self.summary.notes.append(nothing)
-        self.discovery = classify_objects(objects, self.state.ledger, replace=self.replace, only=self.urls)
+        self.discovery = classify_objects(objects, self.state.ledger, replace=not self.keep, only=self.urls)
         self.discovery.unsafe = unsafe
         size = self.spec.execution.batch_size
         pending = self.discovery.pending
@@ -206,7 +214,15 @@ class CubeRun:
         assert self.state is not None
         checkpoint("parsed")
         replacing = {o.url for o in self.discovery.pending if o.url in self.state.ledger}
-        self.plan_ = plan_update(self.state, self.pattern.fields, self.spec.concat, self.parsed, replacing)
+        self.plan_ = plan_update(
+            self.state,
+            self.pattern.fields,
+            self.spec.concat,
+            self.parsed,
+            replacing,
+            self.rules,
+            max_wait=self.spec.checks.max_wait,
+        )
         plan = self.plan_
         unsafe = {
             url: f"'{url}' could lead outside the source prefix (a '..' or '.' segment, a NUL, or a symlink "
@@ -227,14 +243,19 @@ class CubeRun:
             s.notes += [f"{url}: {n}" for n in entry.notes]
         if self.write:
             self._release_listing()
-        return {"accepted": plan.accepted, "quarantined": len(plan.quarantined), "dims": s.dims}
+        return {
+            "accepted": plan.accepted,
+            "quarantined": len(plan.quarantined),
+            "deferred": len(plan.deferred),
+            "dims": s.dims,
+        }
 
     def _release_listing(self) -> None:
         """Once planned, a writing run keeps per object only its URL: entries and placements go to the
         spool, and the listing and the parse results are dropped, so memory stays flat as archives grow."""
         assert self.plan_ is not None
-        quarantined = self.plan_.quarantined
-        self.quarantine_etags = {o.url: o.etag for o in self.discovery.pending if o.url in quarantined}
+        refused = self.plan_.quarantined.keys() | self.plan_.deferred.keys()
+        self.row_etags = {o.url: o.etag for o in self.discovery.pending if o.url in refused}
         self.plan_.spill(self.spool)
         self.parsed = []
         self.batches = [[] for _ in self.batches]
@@ -243,16 +264,17 @@ class CubeRun:
 
     @storage_step
     def prepare(self) -> str | None:
-        """Create or grow the arrays and record this run's quarantines, in one staging commit."""
+        """Create or grow the arrays (moving references to open room inside an axis) and record this
+        run's quarantined and newly deferred objects, in one staging commit."""
         assert self.state is not None and self.plan_ is not None
         plan = self.plan_
-        if plan.schema is None or (not plan.accepted and not plan.quarantined):
+        if plan.schema is None or (not plan.accepted and not plan.quarantined and not plan.waiting):
             return None
         if self.repo is None:  # a new cube: its repository is made by its first write, never before
             self.repo = open_repository(self.spec, create=True)
             assert self.repo is not None
             self.state = read_cube_state(self.repo, self.spec, self.operation)
-        etags = self.quarantine_etags if plan.spilled else {o.url: o.etag for o in self.discovery.pending}
+        etags = self.row_etags if plan.spilled else {o.url: o.etag for o in self.discovery.pending}
         if plan.fresh:  # sessions opened from now on write manifests split to match the batches
             self.repo = set_manifest_splitting(self.repo, manifest_split(plan, self.spec.execution.batch_size))
         self.staged = stage_prepare(self.repo, self.spec, self.state, plan, self.spool, self.info, etags)
@@ -356,8 +378,10 @@ class CubeRun:
                 if f.scope == FILE:
                     quarantined.update({u: f.message for u in f.urls})
             s.quarantined = [{"url": u, "reason": r} for u, r in quarantined.items()]
+            s.deferred = [{"url": u, "reason": r} for u, r in plan.deferred.items()]
             placed = plan.placed_urls()
             s.ingested = len(placed - quarantined.keys())
+            s.replaced = sorted((plan.replaced & placed) - quarantined.keys())
         if error is None and self.state is not None and self.state.resumed and self.repo is not None:
             # objects an interrupted run staged and this one published: they reach main now
             staged = staged_since_start(self.repo, self.spec, self.state)

@@ -7,6 +7,7 @@ Credentials never live here: they come from the environment / AWS credential cha
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import re
@@ -180,11 +181,33 @@ class Expectation(_Frozen):
         return value
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
 class Checks(_Frozen):
+    """What a staged snapshot must pass before it may be published.
+
+    ``regular`` axes have no gaps: files beyond a gap wait (deferred) until it fills; ``max_wait``
+    (``7d``, ``12h``...) turns a file that has waited longer into a quarantine; a file more than
+    ``max_gap`` steps from the axis (default: the axis' length, at least 100) is refused at once.
+    """
+
     monotonic: tuple[str, ...] = ("time",)
     regular: tuple[str, ...] = ("time",)
+    max_wait: dt.timedelta | None = None
+    max_gap: Annotated[int, Field(ge=1)] | None = None
     spot_check: SpotCheck = SpotCheck()
     expectations: tuple[Expectation, ...] = ()
+
+    @field_validator("max_wait", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if isinstance(value, str) and (m := _DURATION.match(value)):
+            return dt.timedelta(seconds=float(m.group(1)) * _SECONDS[m.group(2)])
+        if isinstance(value, str):
+            raise ValueError(f"must be a duration like 7d, 12h, 30m or 45s, got {value!r}")
+        return value
 
 
 class Spec(_Frozen):
@@ -193,6 +216,7 @@ class Spec(_Frozen):
     name: str
     source: Source
     concat: tuple[str, ...] = ()
+    rectilinear: tuple[str, ...] = ()
     variables: Variables = Variables()
     repo: Repo
     execution: Execution = Execution()
@@ -215,6 +239,9 @@ class Spec(_Frozen):
             raise ValueError(f"pattern fields {clash} are also listed in concat")
         if len(set(self.concat)) != len(self.concat):
             raise ValueError(f"concat lists a dimension twice: {list(self.concat)}")
+        stray = sorted(set(self.rectilinear) - set(self.concat))
+        if stray:
+            raise ValueError(f"rectilinear lists {stray}, which concat does not: only concat dims can be rectilinear")
         return self
 
     @property
@@ -288,5 +315,5 @@ def load_spec(source: str | Path) -> Spec:
 
 def spec_digest(spec: Spec) -> str:
     """A short, stable digest of what decides the cube's shape (source, pattern, concat, variables)."""
-    keyed = spec.model_dump(include={"source", "concat", "variables"}, mode="json")
+    keyed = spec.model_dump(include={"source", "concat", "rectilinear", "variables"}, mode="json")
     return hashlib.sha256(repr(sorted(keyed.items())).encode()).hexdigest()[:16]

@@ -8,7 +8,8 @@ the run started from, so a rerun after a crash can tell whether staging's work c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,11 +18,13 @@ import xarray as xr
 
 from lib.assembly import BatchItem, clear_blocks, place_batch, prepare_arrays
 from lib.expectations import coordinate_findings, file_findings
-from lib.layout import Placement
+from lib.layout import Axes, Move, Placement
 from lib.ledger import (
+    DEFERRED,
     INGESTED,
     QUARANTINED,
     LedgerRow,
+    append_moves,
     append_rows,
     iter_current,
     now,
@@ -29,6 +32,7 @@ from lib.ledger import (
     read_schema,
     write_schema,
 )
+from lib.local.faults import checkpoint
 from lib.planning import Plan, ledger_row
 from lib.quality import Finding, SpotSample, choose_samples, spot_check, structural_findings
 from lib.report import Operation
@@ -47,7 +51,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RunInfo",
     "manifest_split",
-    "quarantine_rows",
+    "refusal_rows",
     "run_checks",
     "stage_batch",
     "stage_prepare",
@@ -91,13 +95,14 @@ def manifest_split(plan: Plan, batch_files: int) -> dict[str, int]:
     """
     assert plan.schema is not None
     schema = plan.schema
-    concat_chunks = 1
+    split: dict[str, int] = {d: 1 for d in schema.concat}
     for var in schema.by_role(DATA):
         if var.kind == VIRTUAL:
             for d, chunk in zip(var.dims, var.chunks, strict=True):
                 if d in schema.concat:
-                    concat_chunks = max(concat_chunks, -(-int(plan.axes.concat[d].size) // chunk))
-    split: dict[str, int] = {d: concat_chunks for d in schema.concat}
+                    edges = plan.axes.edges.get(d, {}).get(var.path)
+                    count = len(edges) - 1 if edges else -(-int(plan.axes.concat[d].size) // chunk)
+                    split[d] = max(split[d], count)
     cells = int(np.prod([max(len(plan.axes.pattern[d]), 1) for d in schema.pattern]))
     files_per_cell = max(1, -(-plan.accepted // max(cells, 1)))
     room = max(1, batch_files // files_per_cell)  # cells one batch covers
@@ -108,11 +113,35 @@ def manifest_split(plan: Plan, batch_files: int) -> dict[str, int]:
     return split
 
 
-def quarantine_rows(reasons: dict[str, str], etags: dict[str, str], run: RunInfo, at: str) -> list[LedgerRow]:
-    return [
-        LedgerRow(url=url, etag=etags.get(url, ""), status=QUARANTINED, reason=reason, run=run.run_id, at=at)
-        for url, reason in reasons.items()
+def refusal_rows(plan: Plan, etags: dict[str, str], run: RunInfo, at: str) -> list[LedgerRow]:
+    """Ledger rows for the objects a plan quarantines and those it starts to defer (with their concat
+    values, so coverage can count the holes they leave)."""
+    rows = [
+        LedgerRow(
+            url=url,
+            etag=etags.get(url, ""),
+            status=QUARANTINED,
+            reason=reason,
+            run=run.run_id,
+            at=at,
+            values=plan.values.get(url, {}),
+        )
+        for url, reason in plan.quarantined.items()
     ]
+    rows += [
+        LedgerRow(
+            url=url,
+            etag=etags.get(url, ""),
+            status=DEFERRED,
+            reason=plan.deferred[url],
+            run=run.run_id,
+            at=at,
+            since=since,
+            values=plan.values.get(url, {}),
+        )
+        for url, since in plan.waiting.items()
+    ]
+    return rows
 
 
 def stage_prepare(
@@ -132,17 +161,29 @@ def stage_prepare(
         entry = plan.entries[plan.shared_source]
         fragment = next(f for f in spool.read(entry.spool[0]) if f.url == entry.url)
         shared = BatchItem(plan.placements[entry.url], fragment, entry.checksum)
+    if plan.moves and not plan.fresh:  # logged first: every row written from now on has the moved positions
+        append_moves(session.store, [dataclasses.asdict(m) for m in plan.moves])
     if plan.grows:
-        prepare_arrays(session.store, plan.schema, plan.axes, fresh=plan.fresh, shared=shared)
+        prepare_arrays(session, plan.schema, plan.axes, fresh=plan.fresh, shared=shared, moves=plan.moves)
+        checkpoint("moving")
     if plan.replaced and not plan.fresh:
         _clear_replaced(session.store, plan, state)
     write_schema(session.store, plan.schema, extra={"spec": state.spec_digest})
-    append_rows(session.store, quarantine_rows(plan.quarantined, etags, run, now()))
+    append_rows(session.store, refusal_rows(plan, etags, run, now()))
+    moved = f", room opened {len(plan.moves)} time(s)" if plan.moves else ""
     return commit_session(
         session,
-        f"{run.operation}: prepare {plan.accepted} object(s), {len(plan.quarantined)} quarantined",
+        f"{run.operation}: prepare {plan.accepted} object(s), {len(plan.quarantined)} quarantined, "
+        f"{len(plan.waiting)} deferred{moved}",
         _metadata(
-            state, run, "prepare", planned=plan.accepted, quarantined=len(plan.quarantined), batches=len(plan.batches)
+            state,
+            run,
+            "prepare",
+            planned=plan.accepted,
+            quarantined=len(plan.quarantined),
+            deferred=len(plan.waiting),
+            moves=len(plan.moves),
+            batches=len(plan.batches),
         ),
     )
 
@@ -150,17 +191,26 @@ def stage_prepare(
 def _clear_replaced(store: IcechunkStore, plan: Plan, state: CubeState) -> None:
     """Objects being re-ingested leave their old place first (they may land elsewhere, or nowhere)."""
     assert plan.schema is not None
-    old = [_placement_of(state.ledger[url], plan.axes) for url in plan.replaced]
+    old = [_placement_of(state.ledger[url], plan.axes, plan.moves) for url in plan.replaced]
     remaining = {
         plan.axes.cell_of(r.fields.items())
         for r in state.ledger.values()
         if r.status == INGESTED and r.url not in plan.replaced
     }
-    clear_blocks(store, plan.schema, old, cells_emptied={p.cell for p in old} - remaining)
+    clear_blocks(store, plan.schema, plan.axes, old, cells_emptied={p.cell for p in old} - remaining)
 
 
-def _placement_of(row: LedgerRow, axes: Any) -> Placement:
-    return Placement(row.url, axes.cell_of(row.fields.items()), tuple((d, a, b) for d, (a, b) in row.ranges.items()))
+def _placement_of(row: LedgerRow, axes: Axes, moves: Sequence[Move] = ()) -> Placement:
+    """Where a ledger row's object sits, after ``moves`` (the row's positions are as of its reading)."""
+    ranges = []
+    for d, (a, b) in row.ranges.items():
+        start = a
+        for move in moves:
+            if move.dim == d:
+                start = move.shift(start)
+        ranges.append((d, start, start + (b - a)))
+    chunking = tuple((str(d), str(v), int(c)) for d, v, c in row.chunking)
+    return Placement(row.url, axes.cell_of(row.fields.items()), tuple(ranges), chunking)
 
 
 def stage_batch(
@@ -182,7 +232,7 @@ def stage_batch(
     fragments = [f for f in spool.read(batch) if f.url in planned]
     items = [BatchItem(planned[f.url][1], f, planned[f.url][0].checksum) for f in fragments]
     session = repo.writable_session(spec.repo.staging)
-    refs = place_batch(session, plan.schema, items, workers=workers)
+    refs = place_batch(session, plan.schema, plan.axes, items, workers=workers)
     at = now()
     append_rows(session.store, [ledger_row(*planned[i.placement.url], run.run_id, at) for i in items])
     if before_commit is not None:
@@ -269,7 +319,7 @@ def stage_quarantine(
         )
     taken = {p.url for p in placements}
     remaining = {axes.cell_of(r.fields.items()) for r in ledger.values() if r.status == INGESTED and r.url not in taken}
-    clear_blocks(store, schema, placements, cells_emptied={p.cell for p in placements} - remaining)
+    clear_blocks(store, schema, axes, placements, cells_emptied={p.cell for p in placements} - remaining)
     append_rows(store, rows)
     verb = "quarantine" if status == QUARANTINED else "remove"
     return commit_session(

@@ -8,6 +8,7 @@ otherwise staging is brought back to main's tip with a compare-and-swap and the 
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from lib.ledger import LedgerRow, ledger_size, read_ledger_index, read_schema
 from lib.report import Operation
 from lib.repository import branch_state, reset_branch
 from lib.spec import Spec, spec_digest
-from lib.validation import CubeSchema
+from lib.validation import DATA, VIRTUAL, CubeSchema
 
 if TYPE_CHECKING:
     import icechunk
@@ -61,7 +62,26 @@ def read_axes(store: Store, schema: CubeSchema) -> Axes:
         axes.pattern[dim] = [int(v) if kind == "int" else str(v) for v in values.tolist()]
     for dim in schema.concat:
         axes.concat[dim] = np.asarray(array_at(root, dim)[...]) if dim in root else np.zeros(0)
+    for dim in schema.rectilinear:  # the chunk edges the files brought, as each variable's grid holds them
+        for var in schema.by_role(DATA):
+            if var.kind != VIRTUAL or dim not in var.dims or var.path not in root:
+                continue
+            grid: dict[str, Any] = dict(array_at(root, var.path).metadata.to_dict()["chunk_grid"])  # type: ignore[arg-type]
+            if grid.get("name") != "rectilinear":
+                continue
+            axis = len(schema.pattern) + var.dims.index(dim)
+            spec = grid["configuration"]["chunk_shapes"][axis]
+            sizes = _expanded(list(spec)) if isinstance(spec, (list, tuple)) else [int(spec)]
+            axes.edges.setdefault(dim, {})[var.path] = [0, *itertools.accumulate(sizes)]
     return axes
+
+
+def _expanded(sizes: list[Any]) -> list[int]:
+    """Edge lengths as written, with run-length pairs ([length, count]) expanded."""
+    out: list[int] = []
+    for item in sizes:
+        out += [int(item[0])] * int(item[1]) if isinstance(item, (list, tuple)) else [int(item)]
+    return out
 
 
 def read_cube_state(repo: icechunk.Repository, spec: Spec, operation: Operation) -> CubeState:

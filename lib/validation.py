@@ -110,12 +110,13 @@ class VariableSchema:
     def attributes(self) -> dict[str, Any]:
         return self.metadata.get("attributes") or {}
 
-    def signature(self, concat: tuple[str, ...]) -> dict[str, Any]:
-        """The parts that must be identical for files to share the variable."""
+    def signature(self, concat: tuple[str, ...], rectilinear: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The parts that must be identical for files to share the variable (the length along concat
+        dims, and the chunk along rectilinear ones, may differ from file to file)."""
         shape = [None if d in concat else s for d, s in zip(self.dims, self.shape, strict=True)]
         sig: dict[str, Any] = {"role": self.role, "kind": self.kind, "dims": list(self.dims), "shape": shape}
         if self.kind == VIRTUAL:
-            chunks = list(self.chunks)
+            chunks = [None if d in rectilinear else c for d, c in zip(self.dims, self.chunks, strict=True)]
             sig.update(
                 data_type=self.metadata["data_type"],
                 chunks=chunks,
@@ -142,21 +143,14 @@ class CubeSchema:
     shared: dict[str, str] = field(default_factory=dict)
     nativized: list[str] = field(default_factory=list)
     undecodable: list[str] = field(default_factory=list)  # variables to open with decode_times=False
+    rectilinear: tuple[str, ...] = ()  # concat dims whose chunks may differ from file to file
 
     @property
     def key(self) -> str:
-        return _digest({p: v.signature(self.concat) for p, v in sorted(self.variables.items())})
+        return _digest({p: v.signature(self.concat, self.rectilinear) for p, v in sorted(self.variables.items())})
 
     def by_role(self, *roles: Role) -> list[VariableSchema]:
         return [v for v in self.variables.values() if v.role in roles]
-
-    def concat_chunks(self, dim: str) -> set[int]:
-        """The chunk sizes virtual data variables use along a concat dim."""
-        sizes = set()
-        for v in self.by_role(DATA):
-            if v.kind == VIRTUAL and dim in v.dims:
-                sizes.add(v.chunks[v.dims.index(dim)])
-        return sizes
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -172,6 +166,7 @@ class CubeSchema:
             "shared": self.shared,
             "nativized": self.nativized,
             "undecodable": self.undecodable,
+            "rectilinear": list(self.rectilinear),
         }
 
     @classmethod
@@ -189,6 +184,7 @@ class CubeSchema:
             shared=data.get("shared", {}),
             nativized=list(data.get("nativized", [])),
             undecodable=list(data.get("undecodable", [])),
+            rectilinear=tuple(data.get("rectilinear", ())),
         )
 
 
@@ -221,13 +217,16 @@ class FileEntry:
     skipped: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = ()
     encoded: dict[str, np.ndarray] = field(default_factory=dict)
+    chunking: tuple[tuple[str, str, int], ...] = ()  # (dim, variable, chunk) along rectilinear dims
 
     @property
     def field_values(self) -> dict[str, int | str]:
         return dict(self.fields)
 
 
-def schema_of(fragment: Fragment, pattern: dict[str, str], concat: tuple[str, ...]) -> CubeSchema:
+def schema_of(
+    fragment: Fragment, pattern: dict[str, str], concat: tuple[str, ...], rectilinear: tuple[str, ...] = ()
+) -> CubeSchema:
     """The schema a fragment would give a cube of its own."""
     variables = {
         path: VariableSchema(path, role_of(item, concat), NATIVE if item.native else VIRTUAL, item.metadata)
@@ -240,6 +239,7 @@ def schema_of(fragment: Fragment, pattern: dict[str, str], concat: tuple[str, ..
         attributes=fragment.attributes,
         groups=fragment.groups,
         undecodable=list(fragment.undecodable),
+        rectilinear=tuple(rectilinear),
     )
     for path, v in variables.items():
         if v.role == SHARED:
@@ -271,10 +271,15 @@ def _variable_digest(item: ArrayFragment) -> str:
 
 
 def summarize_fragment(
-    fragment: Fragment, obj: SourceObject, checksum: Any, pattern: dict[str, str], concat: tuple[str, ...]
+    fragment: Fragment,
+    obj: SourceObject,
+    checksum: Any,
+    pattern: dict[str, str],
+    concat: tuple[str, ...],
+    rectilinear: tuple[str, ...] = (),
 ) -> tuple[FileEntry, CubeSchema]:
     """Reduce a fragment to its entry, plus the schema it would have on its own."""
-    schema = schema_of(fragment, pattern, concat)
+    schema = schema_of(fragment, pattern, concat, rectilinear)
     coords: dict[str, ConcatCoordinate] = {}
     for dim in concat:
         item = fragment.arrays.get(dim)
@@ -298,6 +303,13 @@ def summarize_fragment(
         ref_count=fragment.ref_count,
         skipped=tuple(fragment.skipped),
         notes=tuple(fragment.notes),
+        chunking=tuple(
+            (dim, path, v.chunks[v.dims.index(dim)])
+            for path, v in schema.variables.items()
+            if v.role == DATA and v.kind == VIRTUAL
+            for dim in rectilinear
+            if dim in v.dims
+        ),
     )
     return entry, schema
 
@@ -311,7 +323,7 @@ def _show(value: Any) -> str:
             )
             + "]"
         )
-    return json.dumps(value) if not isinstance(value, str) else repr(value)
+    return json.dumps(value) if not isinstance(value, str) else repr(str(value))
 
 
 def compare_schemas(file_schema: CubeSchema, cube: CubeSchema, url: str) -> str | None:
@@ -330,7 +342,7 @@ def compare_schemas(file_schema: CubeSchema, cube: CubeSchema, url: str) -> str 
         )
     for path in sorted(cube.variables):
         mine, theirs = file_schema.variables[path], cube.variables[path]
-        a, b = mine.signature(cube.concat), theirs.signature(cube.concat)
+        a, b = mine.signature(cube.concat, cube.rectilinear), theirs.signature(cube.concat, cube.rectilinear)
         if a == b:
             continue
         for key in (
@@ -368,10 +380,17 @@ def _decode(raw: np.ndarray, attrs: dict[str, Any], dim: str) -> Any:
 
 
 def cube_encoding(coord: ConcatCoordinate, dim: str) -> dict[str, Any]:
-    """The encoding the cube adopts for a concat coordinate: the first file's own."""
+    """The encoding the cube adopts for a concat coordinate: the first file's own.
+
+    Times keep their units and calendar in the encoding (files in other units are re-encoded);
+    other coordinates keep their units as ``plain_units``, which every file must share (icefloe does
+    not convert between units of length, pressure and the like).
+    """
     decoded = _decode(coord.raw, coord.attrs, dim)
     enc = {k: v for k, v in decoded.encoding.items() if k in ("units", "calendar", "scale_factor", "add_offset")}
     enc["dtype"] = np.dtype(decoded.encoding.get("dtype", coord.raw.dtype)).str
+    if "units" not in enc and "units" in coord.attrs:
+        enc["plain_units"] = coord.attrs["units"]
     return json.loads(json.dumps(enc, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
 
 
@@ -380,11 +399,9 @@ def encode_concat_values(entries: list[FileEntry], dim: str, encoding: dict[str,
 
     Files whose values cannot be represented exactly in the cube's encoding are returned with a
     reason. Files sharing the same attributes are decoded together, so this costs one xarray call per
-    distinct encoding, not one per file.
+    distinct encoding, not one per file (a group that fails is tried again file by file, so one
+    file's inexact value never refuses the others).
     """
-    import xarray as xr
-    from xarray import conventions
-
     failures: dict[str, str] = {}
     groups: dict[str, list[FileEntry]] = {}
     for entry in entries:
@@ -394,56 +411,73 @@ def encode_concat_values(entries: list[FileEntry], dim: str, encoding: dict[str,
             continue
         key = json.dumps([coord.attrs, coord.raw.dtype.str], sort_keys=True, default=str)
         groups.setdefault(key, []).append(entry)
-    enc = dict(encoding)
-    enc["dtype"] = np.dtype(enc["dtype"])
     for members in groups.values():
-        coord0 = members[0].concat[dim]
-        raw = np.concatenate([m.concat[dim].raw for m in members])
-        sizes = [m.concat[dim].raw.size for m in members]
-        decoded = _decode(raw, coord0.attrs, dim)
-        problem = None
-        missing = _missing(np.asarray(decoded.values))
-        if missing.any():
-            start = 0
-            for member, n in zip(members, sizes, strict=True):
-                if missing[start : start + n].any():
-                    failures[member.url] = (
-                        f"coordinate '{dim}' in '{member.url}' has missing values (NaN/NaT, or "
-                        f"its fill value): a file cannot be placed without its coordinates"
-                    )
-                start += n
-            members = [m for m in members if m.url not in failures]
-            if not members:
-                continue
-            raw = np.concatenate([m.concat[dim].raw for m in members])
-            sizes = [m.concat[dim].raw.size for m in members]
-            decoded = _decode(raw, coord0.attrs, dim)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error")
-                encoded = conventions.encode_cf_variable(
-                    xr.Variable((dim,), decoded.values, {}, encoding=dict(enc)), name=dim
-                )
-                back = _decode(np.asarray(encoded.values), dict(encoded.attrs), dim)
-            values = np.asarray(encoded.values)
-            # xarray may respell the units ("... 00:00:00" dropped): the round trip decides exactness
-            if values.dtype != enc["dtype"] or not _same(np.asarray(back.values), np.asarray(decoded.values)):
-                problem = "cannot be represented exactly"
-        except Exception as e:
-            problem = f"cannot be represented exactly ({str(e).splitlines()[0][:160]})"
-            values = None
+        failures.update(_encode_group(members, dim, encoding))
+    return failures
+
+
+def _encode_group(members: list[FileEntry], dim: str, encoding: dict[str, Any]) -> dict[str, str]:
+    """Encode the files of one group (same attributes) together; their failures, with reasons."""
+    import xarray as xr
+    from xarray import conventions
+
+    failures: dict[str, str] = {}
+    coord0 = members[0].concat[dim]
+    enc = {k: v for k, v in encoding.items() if k != "plain_units"}
+    enc["dtype"] = np.dtype(enc["dtype"])
+    plain = " since " not in str(encoding.get("units") or "") and "plain_units" in encoding
+    if plain and coord0.attrs.get("units") != encoding["plain_units"]:
+        for member in members:
+            failures[member.url] = (
+                f"coordinate '{dim}' in '{member.url}' has units {coord0.attrs.get('units')!r}; the cube's "
+                f"'{dim}' is in {encoding.get('plain_units')!r} (icefloe does not convert units)"
+            )
+        return failures
+    raw = np.concatenate([m.concat[dim].raw for m in members])
+    sizes = [m.concat[dim].raw.size for m in members]
+    decoded = _decode(raw, coord0.attrs, dim)
+    missing = _missing(np.asarray(decoded.values))
+    if missing.any():
         start = 0
         for member, n in zip(members, sizes, strict=True):
-            if problem is not None or values is None:
-                shown = ", ".join(f"{k} {coord0.attrs[k]!r}" for k in ("units", "calendar") if k in coord0.attrs)
-                shown = shown or "its encoding"
+            if missing[start : start + n].any():
                 failures[member.url] = (
-                    f"coordinate '{dim}' in '{member.url}' ({shown}) {problem} in the cube's "
-                    f"encoding {_describe_encoding(encoding)}"
+                    f"coordinate '{dim}' in '{member.url}' has missing values (NaN/NaT, or "
+                    f"its fill value): a file cannot be placed without its coordinates"
                 )
-            else:
-                member.encoded[dim] = values[start : start + n]
             start += n
+        rest = [m for m in members if m.url not in failures]
+        return {**failures, **(_encode_group(rest, dim, encoding) if rest else {})}
+    problem = None
+    values: np.ndarray | None = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            encoded = conventions.encode_cf_variable(
+                xr.Variable((dim,), decoded.values, {}, encoding=dict(enc)), name=dim
+            )
+            back = _decode(np.asarray(encoded.values), dict(encoded.attrs), dim)
+        values = np.asarray(encoded.values)
+        # xarray may respell the units ("... 00:00:00" dropped): the round trip decides exactness
+        if values.dtype != enc["dtype"] or not _same(np.asarray(back.values), np.asarray(decoded.values)):
+            problem = "cannot be represented exactly"
+    except Exception as e:
+        problem = f"cannot be represented exactly ({str(e).splitlines()[0][:160]})"
+    if problem is not None and len(members) > 1:  # find the files at fault, one by one
+        for member in members:
+            failures.update(_encode_group([member], dim, encoding))
+        return failures
+    start = 0
+    for member, n in zip(members, sizes, strict=True):
+        if problem is not None or values is None:
+            shown = ", ".join(f"{k} {coord0.attrs[k]!r}" for k in ("units", "calendar") if k in coord0.attrs)
+            failures[member.url] = (
+                f"coordinate '{dim}' in '{member.url}' ({shown or 'its encoding'}) {problem} in the cube's "
+                f"encoding {_describe_encoding(encoding)}"
+            )
+        else:
+            member.encoded[dim] = values[start : start + n]
+        start += n
     return failures
 
 
@@ -458,7 +492,7 @@ def _missing(values: np.ndarray) -> np.ndarray:
 
 
 def _describe_encoding(encoding: dict[str, Any]) -> str:
-    parts = [f"{k} {v!r}" for k, v in encoding.items() if k != "dtype"]
+    parts = [f"{k.removeprefix('plain_')} {v!r}" for k, v in encoding.items() if k != "dtype"]
     return f"({', '.join([*parts, f'dtype {np.dtype(encoding["dtype"]).name}'])})"
 
 

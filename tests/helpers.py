@@ -111,12 +111,12 @@ def run_cube(
     spec: Spec,
     operation: str = "build",
     urls: list[str] | None = None,
-    replace: bool = False,
+    keep: bool = False,
 ) -> RunSummary:
     """One update through every step, without Prefect (the flows call these same steps as tasks)."""
     from lib.errors import PublishBlocked
 
-    run = CubeRun(spec, operation, str(uuid.uuid4()), urls=urls, replace=replace)
+    run = CubeRun(spec, operation, str(uuid.uuid4()), urls=urls, keep=keep)
     try:
         try:
             run_steps(run)

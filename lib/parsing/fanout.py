@@ -103,9 +103,8 @@ def summarize_objects(
         if changed is not None:
             out.results.append(ParseFailure(obj.url, changed))
             continue
-        entry, schema = summarize_fragment(
-            result, obj, checksum_for(obj.url, obj.etag, obj.last_modified), pattern, options.concat
-        )
+        checksum = checksum_for(obj.url, obj.etag, obj.last_modified)
+        entry, schema = summarize_fragment(result, obj, checksum, pattern, options.concat, options.rectilinear)
         out.schemas.setdefault(entry.schema_key, schema)
         out.results.append((entry, result.references_only()))
     return out

@@ -22,6 +22,7 @@ class ParseOptions:
     """
 
     concat: tuple[str, ...] = ()
+    rectilinear: tuple[str, ...] = ()
     native: str | tuple[str, ...] = "auto"
     drop: tuple[str, ...] = ()
     fast: bool = True

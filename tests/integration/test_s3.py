@@ -84,6 +84,6 @@ def test_s3_refs_carry_the_etag(local_s3: object, s3_bucket: str, tmp_path: Path
         read_cube(spec).DIC.isel(time=0).load()
     drift = verify_sources(open_repo(spec), spec)
     assert [c["url"] for c in drift.changed] == [f"s3://{s3_bucket}/archive/polygon_000/month_01/step_0000.nc"]
-    summary = run_cube(spec, "ingest", replace=True)
+    summary = run_cube(spec, "ingest")
     assert summary.ingested == 1, summary
     assert_cube_equals(spec, root)

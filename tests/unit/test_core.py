@@ -279,11 +279,6 @@ SCHEMA_CASES = [
         schema(),
         f"variable 'tas' in '{URL}' has role 'cell'; the cube has 'data'",
         id="role",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="bug: _show() reprs the Role StrEnum, so the message says "
-            "\"has role <Role.CELL: 'cell'>; the cube has <Role.DATA: 'data'>\"",
-        ),
     ),
 ]
 
@@ -439,11 +434,6 @@ def test_encode_concat_values(
         np.testing.assert_array_equal(e.encoded["time"], expected, strict=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: cube_encoding keeps units only for times (xarray moves only those into the encoding), so a "
-    "non-time concat coordinate in km is placed unconverted on an axis in metres",
-)
 def test_a_concat_coordinate_in_other_units_is_converted_or_refused() -> None:
     encoding = cube_encoding(ConcatCoordinate(np.array([0.0, 500.0]), {"units": "m"}), "depth")
     e = entry(F, [1.0, 2.0], {"units": "km"}, dim="depth")
@@ -493,11 +483,6 @@ def test_files_sharing_an_encoding_are_decoded_together_and_each_gets_its_own_va
     assert run(60)[2] == calls  # one decoding per distinct encoding, whatever the number of files
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: files sharing an encoding are encoded as one array, so one file's inexact value "
-    "refuses every file of its group",
-)
 def test_one_inexact_file_does_not_refuse_the_files_sharing_its_encoding() -> None:
     exact = entry("s3://a/exact.nc", [0, 24], HOURS)
     inexact = entry("s3://a/inexact.nc", [36], HOURS)
@@ -603,11 +588,6 @@ SPLIT_CASES = [
         2,
         {"time": 10, "step": 3},
         id="two concat dims",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="bug: every concat dim gets the largest chunk count of any ({'step': 10} here), so an ingest "
-            "appending along 'step' rewrites the built manifests",
-        ),
     ),
 ]
 
@@ -775,11 +755,6 @@ def test_run_history_counts_quarantines_from_prepare_and_the_checks() -> None:
     assert (run["quarantined"], run["commits"], run["seconds"], run["snapshot"]) == (3, 3, 9, "Q")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: `icefloe log` counts a file the checks quarantined both as ingested (its batch) and as "
-    "quarantined, where the run's summary counts it once: ingested = placed - taken out",
-)
 def test_run_history_ingested_leaves_out_files_the_checks_took_back_out() -> None:
     [run] = run_history(CHECKED_BUILD)
     assert run["ingested"] == 2

@@ -142,23 +142,29 @@ def test_a_per_file_expectation_quarantines_that_file(workdir: Path) -> None:
     assert any(f["check"] == "expectation:expect_column_values_to_be_between" for f in s.findings)
 
 
-def test_a_gap_on_a_regular_axis_blocks_the_publish(cube: tuple[Spec, Path]) -> None:
+def test_a_file_beyond_a_gap_waits_and_lands_when_the_gap_fills(cube: tuple[Spec, Path]) -> None:
     spec, workdir = cube
-    tip = open_repo(spec).lookup_branch("main")
-    write_day(workdir, 1, 5)  # days 3 and 4 are missing
+    late = write_day(workdir, 1, 5)  # days 3 and 4 are missing
     s = run_cube(spec, "ingest")
-    assert s.exit_code == 1 and not s.published and s.snapshot == tip
-    assert "regular" in s.error and "2 step(s) missing" in s.error
-    assert [f["check"] for f in s.findings] == ["regular"] and s.findings[0]["scope"] == "cube"
+    assert (s.exit_code, s.ingested, s.quarantined) == (0, 0, []), s
+    assert [d["url"] for d in s.deferred] == [file_url(late)]
+    assert "waits for 2 missing step(s) of 'time' (1 days each) after 2000-01-03" in s.deferred[0]["reason"]
+    assert s.discovered == s.ingested + s.unchanged + len(s.changed) + len(s.quarantined) + len(s.deferred)
+    assert file_url(late) not in locations(spec)
+    rows = ledger.read_ledger(open_repo(spec).readonly_session(branch="main").store)
+    assert rows[file_url(late)].status == "deferred" and rows[file_url(late)].since
+    tip = open_repo(spec).lookup_branch("main")
+    again = run_cube(spec, "ingest")  # tried again, still waiting: nothing new to record
+    assert [d["url"] for d in again.deferred] == [file_url(late)] and again.exit_code == 0
     assert open_repo(spec).lookup_branch("main") == tip
     write_day(workdir, 1, 3)
     write_day(workdir, 1, 4)
-    s = run_cube(spec, "ingest")  # the gap filled: the held-back file lands with the rest
-    assert s.exit_code == 0 and s.ingested == 3
+    s = run_cube(spec, "ingest")  # the gap filled: the waiting file lands with the rest
+    assert s.exit_code == 0 and s.ingested == 3 and s.deferred == []
     assert_matches_files(spec, workdir)
 
 
-def test_verify_finds_rewritten_and_deleted_sources_and_replace_repairs(cube: tuple[Spec, Path]) -> None:
+def test_verify_finds_rewritten_and_deleted_sources_and_an_ingest_repairs(cube: tuple[Spec, Path]) -> None:
     spec, workdir = cube
     assert verify_sources(open_repo(spec), spec).clean
     rewritten = workdir / "archive" / "member_2" / "day_001.nc"
@@ -172,10 +178,11 @@ def test_verify_finds_rewritten_and_deleted_sources_and_replace_repairs(cube: tu
     with pytest.raises(Exception, match="checksum"):  # reading the stale refs fails loudly, never silently
         read_cube(spec).tas.sel(member=2).load()
 
-    s = run_cube(spec, "ingest")
-    assert s.changed == [file_url(rewritten)] and s.ingested == 0  # reported, never silently doubled
-    s = run_cube(spec, "ingest", replace=True)
-    assert s.ingested == 1 and s.exit_code == 0
+    s = run_cube(spec, "ingest", keep=True)
+    assert s.changed == [file_url(rewritten)] and s.ingested == 0  # kept and reported, never silently doubled
+    assert s.exit_code == 3  # while changed objects remain
+    s = run_cube(spec, "ingest")  # by default a changed object is re-ingested through the same checks
+    assert (s.ingested, s.replaced, s.changed, s.exit_code) == (1, [file_url(rewritten)], [], 0)
     cube_now = read_cube(spec).sel(member=2, drop=True).load()
     xr.testing.assert_identical(cube_now.tas.isel(time=[1]), xr.open_dataset(rewritten).tas.load())
     assert [c["url"] for c in verify_sources(open_repo(spec), spec).changed] == []

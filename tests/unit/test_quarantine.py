@@ -146,7 +146,8 @@ def test_one_chunk_per_range_rule(workdir: Path) -> None:
     spec = make_spec(workdir, "m{member:d}/*.nc", extra="checks:\n  regular: []\n")
     summary = run_cube(spec)
     assert only_quarantined(summary, follows).endswith(
-        "would start mid-chunk on 'time': at position 7, the cube's chunks along 'time' hold 2"
+        "would start mid-chunk on 'time': at position 7, the cube's chunks of 'tas' along 'time' hold 2 "
+        "(list the dim under rectilinear to let files of unequal length land)"
     )
     assert summary.ingested == 3
     cube = read_cube(spec).load()
