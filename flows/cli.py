@@ -151,7 +151,8 @@ def _update(spec: Path, operation: str, as_json: bool, urls: list[str] | None = 
         summary = _run_flow(ingest_objects, not as_json, spec=text, urls=urls, keep=keep)
     if not as_json:
         summary_table(summary, f"{operation} of {loaded.name}")
-    _finish(summary, EXIT_QUARANTINED if summary.get("quarantined") else EXIT_OK)
+    kept = summary.get("quarantined") or summary.get("changed")  # refused, or changed objects left as they are
+    _finish(summary, EXIT_QUARANTINED if kept else EXIT_OK)
 
 
 @app.command()

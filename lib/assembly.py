@@ -85,15 +85,34 @@ def _zdtype(var: VariableSchema) -> Any:
 
 def chunk_grid(var: VariableSchema, schema: CubeSchema, axes: Axes) -> dict[str, Any]:
     """A referenced variable's chunk grid in the cube: one chunk per pattern value, the files' own
-    chunks along their dims, and along rectilinear dims the edges the files brought."""
+    chunks along their dims, and along rectilinear dims the edges the files brought.
+
+    A rectilinear grid lists every dim's edges, run-length encoded (``[[size, count], ...]``): Icechunk
+    reads them in that form, not the bare-integer shorthand.
+    """
+    shape = cube_shape(var, schema, axes)
     pad = len(cube_dims(var, schema)) - len(var.dims)
     edges = [axes.edges.get(d, {}).get(var.path) if d in schema.rectilinear else None for d in var.dims]
     if not any(e is not None for e in edges):
         return {"name": "regular", "configuration": {"chunk_shape": [1] * pad + list(var.chunks)}}
-    shapes: list[Any] = [1] * pad
-    for chunk, boundaries in zip(var.chunks, edges, strict=True):
-        shapes.append(chunk if boundaries is None else [b - a for a, b in itertools.pairwise(boundaries)] or [chunk])
+    shapes: list[Any] = []
+    for size, chunk, boundaries in zip(shape, [1] * pad + list(var.chunks), [None] * pad + edges, strict=True):
+        if boundaries is None:
+            shapes.append([[chunk, max(1, math.ceil(size / chunk))]])
+        else:
+            shapes.append(_runs([b - a for a, b in itertools.pairwise(boundaries)] or [chunk]))
     return {"name": "rectilinear", "configuration": {"kind": "inline", "chunk_shapes": shapes}}
+
+
+def _runs(sizes: list[int]) -> list[list[int]]:
+    """Run-length encoding of edge lengths: ``[[length, count], ...]``."""
+    out: list[list[int]] = []
+    for size in sizes:
+        if out and out[-1][0] == size:
+            out[-1][1] += 1
+        else:
+            out.append([size, 1])
+    return out
 
 
 def _virtual_document(var: VariableSchema, schema: CubeSchema, axes: Axes) -> bytes:

@@ -296,10 +296,11 @@ class _Planner:
     def concat_axis(self, dim: str, alive: list[FileEntry]) -> tuple[np.ndarray, list[Move]]:
         """The sorted union of the axis and the files' values, and the moves that open room for values
         inside the axis or before its start. Files whose room cannot be opened are refused."""
-        old = self.existing.concat.get(dim, np.zeros(0))
+        old = self.existing.concat.get(dim)
+        if old is None or old.size == 0:  # a new axis: the files' values, in their own dtype
+            files = [e.encoded[dim] for e in alive]
+            return (np.unique(np.concatenate(files)) if files else np.zeros(0)), []
         values = np.unique(np.concatenate([old, *(e.encoded[dim] for e in alive)])) if alive else old
-        if old.size == 0:
-            return values, []
         new = np.setdiff1d(values, old)
         inside = new[new < old[-1]]
         if inside.size == 0:
@@ -420,7 +421,12 @@ class _Planner:
                     a, z = p.range_of(dim)
                     chunk = self.file_chunk(by_url[url], variable, dim, default)
                     if (z - a) % chunk and not _trimmable(var, dim):
-                        how = "compressed" if len(var.metadata["codecs"]) > 1 else "not along its leading dim"
+                        filters = [
+                            str(c.get("name", "?")).removeprefix("numcodecs.") for c in var.metadata["codecs"][1:]
+                        ]
+                        how = (
+                            f"filtered ({', '.join(filters)})" if filters else "and the dim does not lead the variable"
+                        )
                         self.refused[url] = (
                             f"'{url}' ends with a partial chunk of '{variable}' along '{dim}' ({(z - a) % chunk} of "
                             f"{chunk} values) that HDF5 stores padded to a full chunk, {how}: a reference cannot "
@@ -476,11 +482,12 @@ class _Planner:
                 moves += dim_moves
             if len(self.refused) > count:
                 continue  # the axes must not hold values of files just refused
+            refused = len(self.refused)
             placements = self.place(axes)
             for check in (self.overlaps, self.chunk_starts, self.partial_chunks):
-                if len(self.refused) == count:  # one kind of refusal at a time: the axes change after each
+                if len(self.refused) == refused:  # one kind of refusal at a time: the axes change after each
                     check(placements, axes, moves)
-            if len(self.refused) == count:
+            if len(self.refused) == refused:
                 self.rectilinear_grid(placements, axes)
             if len(self.refused) + len(self.deferred) == count:
                 return Layout(axes, placements, moves, self.refused, self.deferred)

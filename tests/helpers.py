@@ -30,7 +30,7 @@ def dataset(
 ) -> xr.Dataset:
     """A small (time, lat, lon) dataset with the given day offsets from 2000-01-01."""
     steps = [times] if isinstance(times, int) else list(times)
-    rng = np.random.default_rng(seed + 1000 * (steps[0] if steps else 0))
+    rng = np.random.default_rng(abs(seed + 1000 * (steps[0] if steps else 0)))
     data = {
         "tas": (
             ("time", "lat", "lon"),
