@@ -208,14 +208,16 @@ def plan(spec: SpecArg, as_json: JsonOpt = False, debug: DebugOpt = False) -> No
             "would_ingest": sorted(placed),
             "unchanged": summary.unchanged,
             "changed": summary.changed,
+            "deferred": summary.deferred,
             "quarantined": summary.quarantined,
             "skipped": summary.skipped,
+            "findings": summary.findings,
             "dims": summary.dims,
             "snapshot": summary.snapshot,
         }
         if not as_json:
             table = Table(title=f"plan for {loaded.name}")
-            for column in ("discovered", "pending", "would ingest", "unchanged", "changed", "quarantined"):
+            for column in ("discovered", "pending", "would ingest", "unchanged", "changed", "deferred", "quarantined"):
                 table.add_column(column, justify="right")
             table.add_row(
                 *(
@@ -226,6 +228,7 @@ def plan(spec: SpecArg, as_json: JsonOpt = False, debug: DebugOpt = False) -> No
                         len(placed),
                         summary.unchanged,
                         len(summary.changed),
+                        len(summary.deferred),
                         len(summary.quarantined),
                     )
                 )
@@ -234,6 +237,11 @@ def plan(spec: SpecArg, as_json: JsonOpt = False, debug: DebugOpt = False) -> No
             console.print("dims after: " + " x ".join(f"{d}={n}" for d, n in summary.dims.items()))
             for q in summary.quarantined[:20]:
                 console.print(f"[yellow]would quarantine[/] {q['url']}\n    {q['reason']}")
+            for d in summary.deferred[:20]:
+                console.print(f"[cyan]would defer[/] {d['url']}\n    {d['reason']}")
+            for f in summary.findings[:20]:
+                if f["scope"] == "cube":
+                    console.print(f"[red]would block the publish[/]: {f['message']}")
         _finish(payload, EXIT_OK)
 
 

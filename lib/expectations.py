@@ -10,20 +10,27 @@ default expectations: each concat coordinate has no missing and no repeated valu
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lib.errors import SpecError
-from lib.layout import Placement
+from lib.layout import Axes, Placement
 from lib.quality import CUBE, FILE, Finding
 from lib.validation import CELL, DATA, CubeSchema
 
 if TYPE_CHECKING:
     from lib.spec import Expectation
 
-__all__ = ["check_expectation_types", "coordinate_findings", "default_expectations", "file_findings"]
+__all__ = [
+    "check_expectation_types",
+    "coordinate_findings",
+    "coordinate_names",
+    "default_expectations",
+    "file_findings",
+    "new_value_owners",
+]
 
 _context: Any = None
 _preloading: threading.Thread | None = None
@@ -102,46 +109,111 @@ def _validator() -> Any:
     return _context
 
 
-def _validate(kind: str, column: str, kwargs: dict[str, Any], values: np.ndarray) -> str | None:
-    """Run one expectation on a column of values; a short failure description, or None."""
+def _validate(
+    kind: str, column: str, kwargs: dict[str, Any], values: np.ndarray
+) -> tuple[str | None, list[int] | None]:
+    """Run one expectation on a column of values: a short failure description (or None), and the
+    positions of the unexpected values when the expectation judges value by value (else None)."""
     import pandas as pd
 
     frame = pd.DataFrame({column: np.asarray(values).ravel()})
     batch = _validator().get_batch(batch_parameters={"dataframe": frame})
-    result = batch.validate(_expectation_class(kind)(column=column, **kwargs))
+    result = batch.validate(_expectation_class(kind)(column=column, **kwargs), result_format="COMPLETE")
     if result.success:
-        return None
+        return None, None
     detail = result.result or {}
     count = detail.get("unexpected_count")
     sample = detail.get("partial_unexpected_list") or []
+    positions = detail.get("unexpected_index_list")
+    where = [int(p) for p in positions] if isinstance(positions, list) and positions else None
     if count is not None:
-        return f"{count} of {detail.get('element_count', frame.shape[0])} values unexpected, e.g. {sample[:3]}"
+        total = detail.get("element_count", frame.shape[0])
+        return f"{count} of {total} values unexpected, e.g. {sample[:3]}", where
     observed = detail.get("observed_value")
-    return f"observed {observed!r}" if observed is not None else "failed"
+    return (f"observed {observed!r}" if observed is not None else "failed"), None
 
 
-def _coordinates(schema: CubeSchema) -> set[str]:
+Owners = Callable[[str, list[int]], set[str] | None]  # (coordinate, positions) -> the files that brought them
+
+
+def new_value_owners(schema: CubeSchema, old: Axes | None, new: Axes, placements: Iterable[Placement]) -> Owners:
+    """Who brought each value a run adds to the cube's coordinates: per coordinate, per position of a
+    value the cube did not have before, the files whose blocks hold it. A position of a value the cube
+    already had belongs to no file (a failure there is the cube's)."""
+    table: dict[str, dict[int, set[str]]] = {}
+    places = list(placements)
+    for dim, values in new.concat.items():
+        before = set(np.asarray(old.concat[dim]).tolist()) if old is not None and dim in old.concat else set()
+        added = {p for p, v in enumerate(np.asarray(values).tolist()) if v not in before}
+        column = table.setdefault(dim, {})
+        for placement in places:
+            a, z = placement.range_of(dim)
+            for p in range(a, z):
+                if p in added:
+                    column.setdefault(p, set()).add(placement.url)
+    for k, dim in enumerate(schema.pattern):
+        before = set(old.pattern.get(dim, [])) if old is not None else set()
+        column = table.setdefault(dim, {})
+        for placement in places:
+            if new.pattern[dim][placement.cell[k]] not in before:
+                column.setdefault(placement.cell[k], set()).add(placement.url)
+
+    def owners(variable: str, positions: list[int]) -> set[str] | None:
+        column = table.get(variable)
+        if column is None or any(p not in column for p in positions):
+            return None
+        return set().union(*(column[p] for p in positions))
+
+    return owners
+
+
+def coordinate_names(schema: CubeSchema) -> set[str]:
+    """The cube's coordinates: pattern dims, concat coordinates and other dimension coordinates."""
     return set(schema.pattern) | {v.path for v in schema.variables.values() if v.role not in (DATA, CELL)}
 
 
-def coordinate_findings(cube: Any, schema: CubeSchema, expectations: Sequence[Expectation]) -> list[Finding]:
-    """Cube-wide expectations on decoded coordinates (``cube`` is the staging snapshot as a Dataset)."""
-    coords = _coordinates(schema)
-    wanted = default_expectations(schema) + [
+def coordinate_findings(
+    values_of: Mapping[str, np.ndarray],
+    schema: CubeSchema,
+    expectations: Sequence[Expectation],
+    owners: Owners | None = None,
+    defaults: bool = True,
+) -> list[Finding]:
+    """Expectations on the cube's decoded coordinates (``values_of``: name → values).
+
+    A failure on values that files of this run brought (``owners`` says which) belongs to those files;
+    a failure on values the cube already had, or one no value can be blamed for (an aggregate), is
+    the cube's and blocks the publish.
+    """
+    coords = coordinate_names(schema)
+    wanted = (default_expectations(schema) if defaults else []) + [
         (e.type, e.variable, e.kwargs) for e in expectations if e.variable in coords
     ]
     findings = []
     for kind, variable, kwargs in wanted:
-        if variable not in cube.variables:
+        if variable not in values_of:
             findings.append(
                 Finding(
                     f"expectation:{kind}", CUBE, f"expectation {kind} names '{variable}', which the cube does not have"
                 )
             )
             continue
-        problem = _validate(kind, variable, kwargs, cube[variable].values)
-        if problem:
+        problem, positions = _validate(kind, variable, kwargs, values_of[variable])
+        if not problem:
+            continue
+        urls = owners(variable, positions) if owners is not None and positions else None
+        if not urls:
             findings.append(Finding(f"expectation:{kind}", CUBE, f"{kind} on '{variable}': {problem}"))
+            continue
+        for url in sorted(urls):
+            findings.append(
+                Finding(
+                    f"expectation:{kind}",
+                    FILE,
+                    f"'{url}': {kind} on '{variable}' fails for the values it brings ({problem})",
+                    [url],
+                )
+            )
     return findings
 
 
@@ -149,7 +221,7 @@ def file_findings(
     cube: Any, schema: CubeSchema, samples: Sequence[Placement], expectations: Sequence[Expectation]
 ) -> list[Finding]:
     """Per-file expectations on each sampled file's block of a data variable."""
-    coords = _coordinates(schema)
+    coords = coordinate_names(schema)
     wanted = [e for e in expectations if e.variable not in coords]
     findings: list[Finding] = []
     for p in samples:
@@ -168,7 +240,7 @@ def file_findings(
             for dim, chunk in zip(var.dims, var.chunks, strict=True):
                 region[dim] = slice(*p.range_of(dim)) if dim in schema.concat else slice(0, chunk)
             values = cube[e.variable].isel({k: v for k, v in region.items() if k in cube[e.variable].dims}).values
-            problem = _validate(e.type, e.variable, e.kwargs, values)
+            problem, _ = _validate(e.type, e.variable, e.kwargs, values)
             if problem:
                 findings.append(
                     Finding(f"expectation:{e.type}", FILE, f"'{p.url}': {e.type} on '{e.variable}': {problem}", [p.url])

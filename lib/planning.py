@@ -13,6 +13,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from lib.errors import SpecError
 from lib.layout import Axes, Move, Occupied, Placement, Rules, plan_layout
 from lib.ledger import DEFERRED, INGESTED, LedgerRow
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
     from lib.parsing.fanout import ParsedBatch
     from lib.spool import Spool
 
-__all__ = ["Plan", "cube_sizes", "ledger_row", "plan_update"]
+__all__ = ["Plan", "cube_sizes", "ledger_row", "plan_update", "planned_coordinates"]
 
 
 @dataclass
@@ -89,6 +91,16 @@ def cube_sizes(schema: CubeSchema | None, axes: Axes) -> dict[str, int]:
             else:
                 sizes.setdefault(dim, int(size))
     return sizes
+
+
+def planned_coordinates(schema: CubeSchema, axes: Axes) -> dict[str, np.ndarray]:
+    """The planned axes as a reader will see them: concat coordinates decoded, pattern values as they are."""
+    from lib.validation import decode_axis
+
+    out: dict[str, np.ndarray] = {d: np.asarray(v) for d, v in axes.pattern.items()}
+    for dim, values in axes.concat.items():
+        out[dim] = decode_axis(values, schema.concat_encoding.get(dim, {}), dim)
+    return out
 
 
 def _majority(keys: list[str]) -> str:
@@ -246,13 +258,15 @@ def plan_update(
     rules: Rules | None = None,
     max_wait: dt.timedelta | None = None,
     now: dt.datetime | None = None,
+    refused: dict[str, str] | None = None,
 ) -> Plan:
     """Validate every parsed file against the cube and lay out the accepted ones.
 
     The passes, in order: choose the schema, fit each file to it, re-encode the concat coordinates,
     compare shared coordinates and per-cell variables, lay out the axes. Each pass refuses files with
     a reason; what passes every one is placed, or waits for a gap on a regular axis to fill (a file
-    that has waited longer than ``max_wait`` is refused instead).
+    that has waited longer than ``max_wait`` is refused instead). ``refused`` files are left out from
+    the start, with their reasons (a later check found them wanting).
 
     Raises
     ------
@@ -262,12 +276,14 @@ def plan_update(
     replacing = replacing or set()
     rules = rules or Rules()
     check_spec_matches(state.schema, pattern, concat, rules)
-    entries = [e for b in parsed for e in b.entries]
+    refused = refused or {}
+    entries = [e for b in parsed for e in b.entries if e.url not in refused]
     kinds: dict[str, CubeSchema] = {}
     for b in parsed:
         for key, kind in b.schemas.items():
             kinds.setdefault(key, kind)
     quarantined: dict[str, str] = {url: reason for b in parsed for url, reason in b.failed.items()}
+    quarantined.update(refused)
     schema = choose_schema(state, entries, kinds)
     if schema is None:
         return Plan(schema=None, axes=Axes(), fresh=True, quarantined=quarantined)

@@ -32,7 +32,7 @@ from lib.local.faults import checkpoint
 from lib.memory import release
 from lib.parsing import ParseOptions, SourceConfig
 from lib.parsing.fanout import ParsedBatch, parse_objects
-from lib.planning import Plan, cube_sizes, plan_update
+from lib.planning import Plan, cube_sizes, plan_update, planned_coordinates
 from lib.quality import CUBE, FILE, Finding
 from lib.report import Operation, RunSummary
 from lib.repository import open_repository, publish, reset_branch, set_manifest_splitting
@@ -214,15 +214,24 @@ class CubeRun:
         assert self.state is not None
         checkpoint("parsed")
         replacing = {o.url for o in self.discovery.pending if o.url in self.state.ledger}
-        self.plan_ = plan_update(
-            self.state,
-            self.pattern.fields,
-            self.spec.concat,
-            self.parsed,
-            replacing,
-            self.rules,
-            max_wait=self.spec.checks.max_wait,
-        )
+
+        def make(refused: dict[str, str] | None = None) -> Plan:
+            assert self.state is not None
+            return plan_update(
+                self.state,
+                self.pattern.fields,
+                self.spec.concat,
+                self.parsed,
+                replacing,
+                self.rules,
+                max_wait=self.spec.checks.max_wait,
+                refused=refused,
+            )
+
+        self.plan_ = make()
+        traced = self._coordinate_expectations(self.plan_)
+        if traced:  # the files that brought values the expectations refuse: planned again without them
+            self.plan_ = make(traced)
         plan = self.plan_
         unsafe = {
             url: f"'{url}' could lead outside the source prefix (a '..' or '.' segment, a NUL, or a symlink "
@@ -249,6 +258,24 @@ class CubeRun:
             "deferred": len(plan.deferred),
             "dims": s.dims,
         }
+
+    def _coordinate_expectations(self, plan: Plan) -> dict[str, str]:
+        """The spec's expectations on coordinates, run on the planned axes before anything is written.
+
+        A failure on values files of this run bring quarantines those files (returned, with the
+        reason); one on values the cube already had blocks the publish (kept in the findings).
+        """
+        from lib.expectations import coordinate_findings, coordinate_names, new_value_owners
+
+        assert self.state is not None
+        schema = plan.schema
+        if schema is None or not any(e.variable in coordinate_names(schema) for e in self.spec.checks.expectations):
+            return {}
+        values = planned_coordinates(schema, plan.axes)
+        owners = new_value_owners(schema, None if plan.fresh else self.state.axes, plan.axes, plan.placements.values())
+        findings = coordinate_findings(values, schema, self.spec.checks.expectations, owners, defaults=False)
+        self.findings += [f for f in findings if f.scope == CUBE]
+        return {u: f.message for f in findings if f.scope == FILE for u in f.urls}
 
     def _release_listing(self) -> None:
         """Once planned, a writing run keeps per object only its URL: entries and placements go to the
@@ -323,9 +350,11 @@ class CubeRun:
         checkpoint("staging-committed")
         if self.repo is None or self.repo.lookup_branch(self.spec.repo.staging) == self.state.main:
             return []
-        snapshot, self.findings = run_checks(
+        snapshot, found = run_checks(
             self.repo, self.spec, self.state, source_registry(self.spec.source.url, self.spec.source.storage)
         )
+        known = {f.message for f in self.findings}  # the plan's own findings stand; the checks may repeat them
+        self.findings += [f for f in found if f.message not in known]
         per_file = {u: f.message for f in self.findings if f.scope == FILE for u in f.urls}
         if per_file:
             snapshot = stage_quarantine(self.repo, self.spec, self.state, self.info, per_file, status=QUARANTINED)

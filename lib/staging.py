@@ -17,7 +17,7 @@ import numpy as np
 import xarray as xr
 
 from lib.assembly import BatchItem, clear_blocks, place_batch, prepare_arrays
-from lib.expectations import coordinate_findings, file_findings
+from lib.expectations import coordinate_findings, coordinate_names, file_findings, new_value_owners
 from lib.layout import Axes, Move, Placement
 from lib.ledger import (
     DEFERRED,
@@ -262,14 +262,18 @@ def run_checks(
         return snapshot, []
     axes = read_axes(store, schema)
     findings = structural_findings(store, schema, axes, spec.checks.monotonic, spec.checks.regular)
-    added = (r for r in iter_current(store, state.ledger_base) if r.status == INGESTED)
+    added = [r for r in iter_current(store, state.ledger_base) if r.status == INGESTED]
     candidates = (SpotSample(_placement_of(r, axes), r.format, r.layout) for r in added)
     samples = choose_samples(candidates, spec.checks.spot_check.files, seed=seed)
     findings += spot_check(
         store, schema, samples, registry, chunks_per_variable=spec.checks.spot_check.chunks_per_variable, seed=seed
     )
     cube = xr.open_zarr(store, consolidated=False, chunks=None, decode_times=decode_times(schema))
-    findings += coordinate_findings(cube, schema, spec.checks.expectations)
+    owners = new_value_owners(
+        schema, None if state.fresh else state.axes, axes, [_placement_of(r, axes) for r in added]
+    )
+    values = {str(name): np.asarray(cube[name].values) for name in cube.variables if name in coordinate_names(schema)}
+    findings += coordinate_findings(values, schema, spec.checks.expectations, owners)
     bad = {u for f in findings for u in f.urls}
     findings += file_findings(
         cube, schema, [s.placement for s in samples if s.placement.url not in bad], spec.checks.expectations

@@ -379,6 +379,12 @@ def _decode(raw: np.ndarray, attrs: dict[str, Any], dim: str) -> Any:
         return conventions.decode_cf_variable(dim, xr.Variable((dim,), raw, dict(attrs)))
 
 
+def decode_axis(values: np.ndarray, encoding: dict[str, Any], dim: str) -> np.ndarray:
+    """Encoded axis values as a reader decodes them (times as dates)."""
+    attrs = {k: v for k, v in encoding.items() if k in ("units", "calendar", "scale_factor", "add_offset")}
+    return np.asarray(_decode(np.asarray(values), attrs, dim).values)
+
+
 def cube_encoding(coord: ConcatCoordinate, dim: str) -> dict[str, Any]:
     """The encoding the cube adopts for a concat coordinate: the first file's own.
 

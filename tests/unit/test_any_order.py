@@ -13,6 +13,8 @@ import pytest
 import xarray as xr
 
 from lib import ledger
+from lib.pipeline import Step, run_steps
+from lib.runs import CubeRun
 from lib.spec import Spec
 from tests.helpers import EPOCH, dataset, file_url, locations, make_spec, open_repo, read_cube, run_cube, write_nc4
 
@@ -174,3 +176,58 @@ def test_monthly_steps_of_28_to_31_days_are_never_gaps(workdir: Path) -> None:
     s = run_cube(make_spec(workdir, PATTERN, name="gap"))
     assert [d["url"].rsplit("/", 1)[-1] for d in s.deferred] == [f"day_{i:05d}.nc" for i in range(3, 12)]
     assert "waits for 1 missing step(s) of 'time' (one month each) after 2000-02-01" in s.deferred[0]["reason"]
+
+
+def test_an_expectation_failing_on_new_values_refuses_only_the_files_that_brought_them(
+    two_polygons: Spec, workdir: Path
+) -> None:
+    checked = make_spec(
+        workdir,
+        PATTERN,
+        extra=(
+            "checks:\n  expectations:\n    - {type: expect_column_values_to_be_between, variable: polygon, "
+            "kwargs: {min_value: 1, max_value: 5}}\n"
+        ),
+    )
+    fine = [write_day(workdir, 3, day) for day in range(5)]
+    stray = [write_day(workdir, 9, day) for day in range(5)]  # a polygon number no polygon has
+    plan = CubeRun(checked, "ingest", "dry", write=False)
+    try:
+        run_steps(plan, until=Step.PLAN)  # `icefloe plan` sees it too, before anything is written
+    finally:
+        plan.close()
+    assert sorted(plan.plan_.quarantined) == sorted(file_url(f) for f in stray)  # type: ignore[union-attr]
+    s = run_cube(checked, "ingest")
+    assert (s.exit_code, s.ingested) == (3, len(fine)), s
+    assert sorted(q["url"] for q in s.quarantined) == sorted(file_url(f) for f in stray)
+    assert (
+        "expect_column_values_to_be_between on 'polygon' fails for the values it brings" in s.quarantined[0]["reason"]
+    )
+    assert read_cube(checked).polygon.values.tolist() == [1, 2, 3]
+
+
+def test_an_expectation_failing_on_the_cube_s_own_values_blocks_the_publish(two_polygons: Spec, workdir: Path) -> None:
+    strict = make_spec(
+        workdir,
+        PATTERN,
+        extra=(
+            "checks:\n  expectations:\n    - {type: expect_column_values_to_be_between, variable: polygon, "
+            "kwargs: {min_value: 2, max_value: 5}}\n"
+        ),
+    )
+    tip = open_repo(strict).lookup_branch("main")
+    write_day(workdir, 2, 5)
+    s = run_cube(strict, "ingest")
+    assert s.exit_code == 1 and "expect_column_values_to_be_between on 'polygon'" in (s.error or ""), s
+    assert open_repo(strict).lookup_branch("main") == tip
+
+
+def test_plan_shows_what_would_wait(two_polygons: Spec, workdir: Path) -> None:
+    early = write_day(workdir, 2, 7)
+    run = CubeRun(two_polygons, "ingest", "dry", write=False)
+    try:
+        run_steps(run, until=Step.PLAN)
+        summary = run.finish()
+    finally:
+        run.close()
+    assert [d["url"] for d in summary.deferred] == [file_url(early)] and summary.quarantined == []
