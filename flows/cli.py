@@ -252,34 +252,43 @@ def log(
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """History of main: each run (build, ingest, ...) with its flow run, counts and snapshots."""
+    """History of main: each run (build, ingest, ...) with its flow run, counts, wall time and snapshot.
+
+    Runs are told from the cube's own log of runs, so they stay listed after `icefloe maintain` has
+    expired their snapshots (shown as "(expired)").
+    """
     with _errors():
-        from lib.repository import history, open_repository, run_history
+        from lib.ledger import read_schema
+        from lib.repository import history, open_repository, run_log
 
         loaded = _load(spec)
         repo = open_repository(loaded)
         if repo is None:
             raise IcefloeError(f"no cube at {loaded.repo.url} yet: run `icefloe build {spec}` first")
         entries = history(repo, loaded.repo.branch, limit)
-        runs = run_history(entries)
+        runs = run_log(repo, loaded.repo.branch, limit)
+        schema = read_schema(repo.readonly_session(branch=loaded.repo.branch).store)
+        rectilinear = list(schema.rectilinear) if schema else []
         if not as_json:
-            table = Table(title=f"{loaded.name}: history of {loaded.repo.branch}")
-            numbers = ("ingested", "quarantined", "refs", "seconds")
+            kind = f" (rectilinear axes: {', '.join(rectilinear)})" if rectilinear else ""
+            table = Table(title=f"{loaded.name}: history of {loaded.repo.branch}{kind}")
+            numbers = ("ingested", "quarantined", "deferred", "refs", "seconds")
             for column in ("finished", "operation", *numbers, "snapshot", "flow run"):
-                table.add_column(column, justify="right" if column in numbers else "left")
+                table.add_column(column, justify="right" if column in numbers else "left", no_wrap=True)
             for r in runs:
                 table.add_row(
-                    r["finished_at"][:19].replace("T", " "),
+                    str(r["finished_at"])[:19].replace("T", " "),
                     r["operation"],
                     str(r["ingested"]),
                     str(r["quarantined"]),
+                    str(r.get("deferred", 0)),
                     str(r["refs"]),
                     f"{r['seconds']:.1f}",
                     r["snapshot"],
                     str(r["flow_run"] or ""),
                 )
             console.print(table)
-        _finish({"branch": loaded.repo.branch, "runs": runs, "snapshots": entries}, EXIT_OK)
+        _finish({"branch": loaded.repo.branch, "rectilinear": rectilinear, "runs": runs, "snapshots": entries}, EXIT_OK)
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from rich.console import Console
@@ -9,7 +10,8 @@ from rich.table import Table
 
 __all__ = ["Bars", "console", "coverage_table", "summary_table"]
 
-console = Console(stderr=True, highlight=False)
+# tables are never cut to 80 columns when the output is not a terminal (piped, or a CI log)
+console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
 
 
 class Bars:
@@ -71,12 +73,16 @@ def summary_table(summary: dict[str, Any], title: str) -> None:
 
 
 def coverage_table(cov: Any, name: str) -> None:
-    """The coverage map as a table (pattern cells x the concat axis' share present) and the totals."""
+    """The coverage map as a table (pattern cells x the concat axis' share present), the totals, and
+    the objects waiting for a gap to fill."""
     from lib.coverage import folded
 
-    frac, quar, rows, cols, row_dim, col_dim = folded(cov)
+    frac, quar, wait, rows, cols, row_dim, col_dim = folded(cov)
+    t = cov.totals
+    kind = ", rectilinear" if t.get("concat_dim") in (t.get("rectilinear") or []) else ""
     table = Table(
-        title=f"{name}: coverage of the {cov.totals.get('concat_dim') or 'cube'} axis ({cov.axis_length} positions)"
+        title=f"{name}: coverage of the {t.get('concat_dim') or 'cube'} axis ({cov.axis_length} positions{kind}), "
+        f"snapshot {t.get('snapshot')} of {t.get('written_at')}"
     )
     table.add_column(f"{row_dim} \\ {col_dim}")
     for c in cols[:30]:
@@ -84,13 +90,19 @@ def coverage_table(cov: Any, name: str) -> None:
     for r, label in enumerate(rows[:60]):
         cells = []
         for c in range(min(len(cols), 30)):
-            text = f"{100 * frac[r, c]:.0f}%" + (f" {quar[r, c]}q" if quar[r, c] else "")
+            text = (
+                f"{100 * frac[r, c]:.0f}%"
+                + (f" {quar[r, c]}q" if quar[r, c] else "")
+                + (f" {wait[r, c]}w" if wait[r, c] else "")
+            )
             cells.append(f"[red]{text}[/]" if frac[r, c] < 1 else text)
         table.add_row(str(label), *cells)
     console.print(table)
-    t = cov.totals
+    overhead = f"{t['overhead_percent']}%" if t.get("overhead_percent") is not None else "-"
     console.print(
         f"{t['objects']} objects, {t['refs']} refs, {t['source_bytes']:,} source bytes, "
-        f"{t['repo_bytes']:,} repository bytes (overhead {t['overhead_percent']}%), "
-        f"{t['quarantined']} quarantined"
+        f"{t['repo_bytes']:,} repository bytes (overhead {overhead}), "
+        f"{t['quarantined']} quarantined, {t.get('deferred', 0)} waiting (q: quarantined, w: waiting)"
     )
+    for w in cov.waiting[:20]:
+        console.print(f"[cyan]waiting[/] {w['url']} since {w['since']} ({w['waited']})")

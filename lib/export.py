@@ -57,7 +57,8 @@ def export_kerchunk(repo: icechunk.Repository, spec: Spec, out: Path) -> dict[st
     Raises
     ------
     IcefloeError
-        The output's suffix is neither ``.json`` nor ``.parquet``, or the cube is empty.
+        The output's suffix is neither ``.json`` nor ``.parquet``, the cube is empty, or it has
+        rectilinear axes (Kerchunk cannot express them).
     """
     from virtualizarr.parsers import IcechunkParser
 
@@ -68,6 +69,11 @@ def export_kerchunk(repo: icechunk.Repository, spec: Spec, out: Path) -> dict[st
     schema = read_schema(session.store)
     if schema is None:
         raise IcefloeError(f"the cube at {spec.repo.url} is empty: nothing to export")
+    if schema.rectilinear:
+        raise IcefloeError(
+            f"Kerchunk references cannot express the rectilinear chunk grid of {', '.join(schema.rectilinear)} "
+            f"(every chunk of a Kerchunk array has one shape): open the cube with Icechunk instead"
+        )
     native = sorted({*schema.pattern, *(p for p, v in schema.variables.items() if v.kind == NATIVE and "/" not in p)})
     store = IcechunkParser().parse_session(session, _registry(spec), native_chunks_prefix=f"{spec.repo.url}/chunks")
     vds = store.to_virtual_dataset(loadable_variables=native, decode_times=False)

@@ -32,12 +32,14 @@ __all__ = [
     "Status",
     "append_moves",
     "append_rows",
+    "append_run",
     "iter_current",
     "iter_rows",
     "read_ledger",
     "read_ledger_index",
     "read_moves",
     "read_rows",
+    "read_runs",
     "read_schema",
     "write_schema",
 ]
@@ -230,21 +232,42 @@ def read_ledger_index(store: Store) -> dict[str, LedgerRow]:
 _EMPTY: dict[str, Any] = {}  # shared by index rows without ranges; never changed
 
 
+def _append(store: Store, name: str, texts: list[str]) -> int:
+    """Append JSON texts to one of the group's append-only arrays; returns its new length."""
+    group = _group(store, create=True)
+    if name not in group:
+        group.create_array(name, shape=(0,), chunks=(LEDGER_CHUNK,), dtype=str, fill_value="")
+    array = group[name]
+    n = array.shape[0]
+    array.resize((n + len(texts),))
+    array[n:] = np.array(texts, dtype=np.dtypes.StringDType())
+    return n + len(texts)
+
+
 def append_rows(store: Store, rows: list[LedgerRow]) -> int:
     """Append rows in the session behind ``store``; returns the ledger's new length."""
     if not rows:
         return ledger_size(store)
-    group = _group(store, create=True)
-    if "ledger" not in group:
-        group.create_array("ledger", shape=(0,), chunks=(LEDGER_CHUNK,), dtype=str, fill_value="")
-    array = group["ledger"]
     epoch = len(read_moves(store))
     for row in rows:
         row.moves = epoch
-    n = array.shape[0]
-    array.resize((n + len(rows),))
-    array[n:] = np.array([r.to_json() for r in rows], dtype=np.dtypes.StringDType())
-    return n + len(rows)
+    return _append(store, "ledger", [r.to_json() for r in rows])
+
+
+RUNS = "runs"  # the group's log of the runs that published: it outlives the snapshots maintain expires
+
+
+def append_run(store: Store, record: dict[str, Any]) -> None:
+    """Record a run that is about to publish, in the session that holds its last changes."""
+    _append(store, RUNS, [orjson.dumps(record, default=str).decode()])
+
+
+def read_runs(store: Store) -> list[dict[str, Any]]:
+    """The runs that published, oldest first."""
+    group = _group(store)
+    if group is None or RUNS not in group:
+        return []
+    return [orjson.loads(str(text)) for text in group[RUNS][...]]
 
 
 def write_schema(store: Store, schema: CubeSchema, extra: dict[str, Any] | None = None) -> None:

@@ -304,6 +304,7 @@ def plan_update(
     quarantined.update(layout.refused)
     deferred, waiting, expired = _waits(state, layout.deferred, max_wait, now or dt.datetime.now(dt.UTC))
     quarantined.update(expired)
+    _encode_refused([e for e in entries if e.url in quarantined and not e.encoded], schema)
     placed = layout.placements
     return Plan(
         schema=schema,
@@ -321,6 +322,14 @@ def plan_update(
         values={e.url: {d: v.tolist() for d, v in e.encoded.items()} for e in entries if e.url not in placed},
         waiting=waiting,
     )
+
+
+def _encode_refused(entries: list[FileEntry], schema: CubeSchema) -> None:
+    """Concat values, in the cube's encoding, of files refused before they were encoded (best effort):
+    coverage counts the positions they would have filled as holes."""
+    for dim in schema.concat:
+        if dim in schema.concat_encoding:
+            encode_concat_values([e for e in entries if dim in e.concat], dim, schema.concat_encoding[dim])
 
 
 def _waits(

@@ -31,6 +31,7 @@ __all__ = [
     "publish",
     "reset_branch",
     "run_history",
+    "run_log",
     "set_manifest_splitting",
 ]
 
@@ -278,3 +279,29 @@ def run_history(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         run["seconds"] = round(took.total_seconds(), 3)
         out.append(run)
     return out
+
+
+def run_log(repo: icechunk.Repository, branch: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """Every run that published to ``branch``, newest first, from the cube's own log of runs (which
+    outlives expired snapshots), and before that log existed, from the branch's history.
+
+    A run that resumed an interrupted one records again; one record per publish is kept (the last).
+    """
+    from lib.ledger import read_runs
+
+    entries = history(repo, branch, limit)
+    snapshots = {
+        (e["metadata"].get("icefloe") or {}).get("run"): e["snapshot"]
+        for e in entries
+        if (e["metadata"].get("icefloe") or {}).get("stage") == "record"
+    }
+    per_publish: dict[Any, tuple[int, dict[str, Any]]] = {}
+    for i, record in enumerate(read_runs(repo.readonly_session(branch=branch).store)):
+        per_publish[record.get("main_before") or record["run"]] = (i, record)
+    recorded = [
+        {**record, "snapshot": snapshots.get(record["run"], "(expired)")}
+        for _, record in sorted(per_publish.values(), key=lambda item: item[0], reverse=True)  # newest first
+    ]
+    known = {r["run"] for r in recorded}
+    runs = recorded + [r for r in run_history(entries) if r["run"] is None or r["run"] not in known]
+    return runs[:limit] if limit is not None else runs

@@ -11,6 +11,7 @@ walking its contents.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,7 @@ from lib.staging import (
     stage_nativized,
     stage_prepare,
     stage_quarantine,
+    stage_run_record,
     staged_since_start,
 )
 from lib.state import CubeState, read_cube_state
@@ -90,6 +92,7 @@ class CubeRun:
         )
         self.summary = RunSummary(operation=operation, branch=spec.repo.branch)
         self.started = time.monotonic()
+        self.started_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.repo: icechunk.Repository | None = None
         self.state: CubeState | None = None
         self.discovery = Discovery()
@@ -98,7 +101,7 @@ class CubeRun:
         self.plan_: Plan | None = None
         self.findings: list[Finding] = []
         self.staged: str | None = None
-        self.row_etags: dict[str, str] = {}  # of the objects refused or deferred: their ledger rows need them
+        self.refused_objects: dict[str, SourceObject] = {}  # refused or deferred: their ledger rows need them
         self._spool: Spool | None = None
         self._executor: Executor | None = None
 
@@ -282,7 +285,7 @@ class CubeRun:
         spool, and the listing and the parse results are dropped, so memory stays flat as archives grow."""
         assert self.plan_ is not None
         refused = self.plan_.quarantined.keys() | self.plan_.deferred.keys()
-        self.row_etags = {o.url: o.etag for o in self.discovery.pending if o.url in refused}
+        self.refused_objects = {o.url: o for o in self.discovery.pending if o.url in refused}
         self.plan_.spill(self.spool)
         self.parsed = []
         self.batches = [[] for _ in self.batches]
@@ -301,10 +304,10 @@ class CubeRun:
             self.repo = open_repository(self.spec, create=True)
             assert self.repo is not None
             self.state = read_cube_state(self.repo, self.spec, self.operation)
-        etags = self.row_etags if plan.spilled else {o.url: o.etag for o in self.discovery.pending}
+        objects = self.refused_objects if plan.spilled else {o.url: o for o in self.discovery.pending}
         if plan.fresh:  # sessions opened from now on write manifests split to match the batches
             self.repo = set_manifest_splitting(self.repo, manifest_split(plan, self.spec.execution.batch_size))
-        self.staged = stage_prepare(self.repo, self.spec, self.state, plan, self.spool, self.info, etags)
+        self.staged = stage_prepare(self.repo, self.spec, self.state, plan, self.spool, self.info, objects)
         return self.staged
 
     @storage_step
@@ -390,6 +393,9 @@ class CubeRun:
             reset_branch(self.repo, self.spec.repo.staging, self.state.main, expected=staged)
             raise PublishBlocked("checks failed, main was not moved: " + "; ".join(f.message for f in blocking))
         if staged != self.state.main:
+            staged = stage_run_record(
+                self.repo, self.spec, self.state, self.info, self.started_at, time.monotonic() - self.started
+            )
             checkpoint("publishing")
             publish(self.repo, self.spec, staged, self.state.main)
             self.summary.published = True
@@ -418,6 +424,8 @@ class CubeRun:
             s.ingested += resumed
             s.unchanged -= resumed
         s.findings = [f.to_json() for f in self.findings]
+        if self.spec.rectilinear and s.published:
+            s.notes.append(READ_RECTILINEAR)
         if error is None and plan is not None and plan.schema is None and s.quarantined:
             error = f"every one of the {len(s.quarantined)} pending object(s) was quarantined: nothing was published"
         if error is not None:
@@ -427,6 +435,12 @@ class CubeRun:
             s.snapshot = self.state.main or None
         s.seconds = time.monotonic() - self.started
         return s
+
+
+READ_RECTILINEAR = (
+    "the cube has rectilinear axes: readers enable them before opening it, with "
+    "zarr.config.set({'array.rectilinear_chunks': True}) or ZARR_ARRAY__RECTILINEAR_CHUNKS=True in the environment"
+)
 
 
 def _read_only_state(repo: icechunk.Repository, spec: Spec, operation: Operation) -> CubeState:
@@ -470,7 +484,9 @@ def nativize_cube(
         raise IcefloeError(f"no cube at {spec.repo.url} yet: run `icefloe build` first")
     info = RunInfo(run_id=run_id, operation="nativize", flow_run=flow_run)
     state = read_cube_state(repo, spec, "nativize")
+    started, clock = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), time.monotonic()
     done, snapshot = stage_nativized(repo, spec, state, info, variables)
     if snapshot is not None:
+        snapshot = stage_run_record(repo, spec, state, info, started, time.monotonic() - clock)
         publish(repo, spec, snapshot, state.main)
     return {"nativized": done, "snapshot": repo.lookup_branch(spec.repo.branch), "published": snapshot is not None}

@@ -9,7 +9,7 @@ the run started from, so a rerun after a crash can tell whether staging's work c
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ from lib.ledger import (
     LedgerRow,
     append_moves,
     append_rows,
+    append_run,
     iter_current,
     now,
     read_ledger,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from icechunk import IcechunkStore
     from obspec_utils.registry import ObjectStoreRegistry
 
+    from lib.discovery import SourceObject
     from lib.spec import Spec
 
 __all__ = [
@@ -113,13 +115,21 @@ def manifest_split(plan: Plan, batch_files: int) -> dict[str, int]:
     return split
 
 
-def refusal_rows(plan: Plan, etags: dict[str, str], run: RunInfo, at: str) -> list[LedgerRow]:
-    """Ledger rows for the objects a plan quarantines and those it starts to defer (with their concat
-    values, so coverage can count the holes they leave)."""
+def refusal_rows(plan: Plan, objects: Mapping[str, SourceObject], run: RunInfo, at: str) -> list[LedgerRow]:
+    """Ledger rows for the objects a plan quarantines and those it starts to defer (with their cell and
+    concat values, so coverage can count the holes they leave)."""
+
+    def etag(url: str) -> str:
+        return objects[url].etag if url in objects else ""
+
+    def fields(url: str) -> dict[str, Any]:
+        return dict(objects[url].fields) if url in objects else {}
+
     rows = [
         LedgerRow(
             url=url,
-            etag=etags.get(url, ""),
+            etag=etag(url),
+            fields=fields(url),
             status=QUARANTINED,
             reason=reason,
             run=run.run_id,
@@ -131,7 +141,8 @@ def refusal_rows(plan: Plan, etags: dict[str, str], run: RunInfo, at: str) -> li
     rows += [
         LedgerRow(
             url=url,
-            etag=etags.get(url, ""),
+            etag=etag(url),
+            fields=fields(url),
             status=DEFERRED,
             reason=plan.deferred[url],
             run=run.run_id,
@@ -151,7 +162,7 @@ def stage_prepare(
     plan: Plan,
     spool: Spool,
     run: RunInfo,
-    etags: dict[str, str],
+    objects: Mapping[str, SourceObject],
 ) -> str:
     """Create (or grow) the cube's arrays and record this run's quarantined files; returns the snapshot."""
     assert plan.schema is not None
@@ -169,7 +180,7 @@ def stage_prepare(
     if plan.replaced and not plan.fresh:
         _clear_replaced(session.store, plan, state)
     write_schema(session.store, plan.schema, extra={"spec": state.spec_digest})
-    append_rows(session.store, refusal_rows(plan, etags, run, now()))
+    append_rows(session.store, refusal_rows(plan, objects, run, now()))
     moved = f", room opened {len(plan.moves)} time(s)" if plan.moves else ""
     return commit_session(
         session,
@@ -329,6 +340,38 @@ def stage_quarantine(
     return commit_session(
         session, f"{run.operation}: {verb} {len(rows)} object(s)", _metadata(state, run, verb, quarantined=len(rows))
     )
+
+
+def stage_run_record(
+    repo: icechunk.Repository, spec: Spec, state: CubeState, run: RunInfo, started: str, seconds: float
+) -> str:
+    """Record the run in the cube's log of runs, in one last staging commit before it publishes.
+
+    The counts are the ledger's: the rows the run (and an interrupted run it resumed) added since it
+    started. The log lives in the cube, so ``icefloe log`` tells every run even after ``maintain``
+    has expired the snapshots they made.
+    """
+    session = repo.writable_session(spec.repo.staging)
+    counts: dict[str, int] = {}
+    refs = 0
+    for row in iter_current(session.store, state.ledger_base):
+        counts[row.status] = counts.get(row.status, 0) + 1
+        refs += row.refs if row.status == INGESTED else 0
+    record = {
+        "run": run.run_id,
+        "flow_run": run.flow_run,
+        "operation": run.operation,
+        "started_at": started,
+        "finished_at": now(),
+        "seconds": round(seconds, 3),
+        "ingested": counts.get(INGESTED, 0),
+        "quarantined": counts.get(QUARANTINED, 0),
+        "deferred": counts.get(DEFERRED, 0),
+        "refs": refs,
+        "main_before": state.main,
+    }
+    append_run(session.store, record)
+    return commit_session(session, f"{run.operation}: record the run", _metadata(state, run, "record"))
 
 
 def stage_nativized(

@@ -17,6 +17,7 @@ __all__ = ["HANG_ENV", "KILL_ENV", "POINTS", "checkpoint", "hang_if_asked", "hoo
 KILL_ENV = "ICEFLOE_KILL_AT"
 POINTS = (
     "parsed",  # every batch parsed, nothing written
+    "moving",  # the arrays grown and references moved to open room, the prepare commit not made
     "refs-half-written",  # earlier batches committed; the middle batch's refs written but not committed
     "staging-committed",  # every batch committed to staging, no check run
     "checks-done",  # checks run (and quarantines committed), main not moved

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import xarray as xr
 
-from lib.ledger import read_rows
+from lib.ledger import read_ledger, read_moves, read_rows
 from lib.local.faults import KILL_ENV, POINTS
 from lib.spec import Spec, load_spec
 from tests.helpers import dataset, file_url, open_repo, read_cube, spec_text, write_nc4
@@ -45,18 +45,22 @@ def run(cli: str, spec: Path, *args: str, kill_at: str | None = None) -> subproc
 
 
 def assert_exactly_once(spec: Spec, root: Path) -> None:
-    """Every source object is in main's cube once: one current ledger row, its refs, its values."""
+    """Every source object is in main's cube once (one current ledger row, its refs, its values), but
+    those waiting for a gap on the axis to fill, which are nowhere in the cube."""
     repo = open_repo(spec)
     rows = read_rows(repo.readonly_session(branch="main").store)
-    ingested = collections.Counter(r.url for r in rows if r.status == "ingested")
-    files = sorted(root.rglob("*.nc"))
+    waiting = {
+        url for url, row in read_ledger(repo.readonly_session(branch="main").store).items() if row.status == "deferred"
+    }
+    ingested = collections.Counter(r.url for r in rows if r.status == "ingested" and r.url not in waiting)
+    files = sorted(f for f in root.rglob("*.nc") if file_url(f) not in waiting)
     assert set(ingested) == {file_url(f) for f in files}
     assert set(ingested.values()) == {1}, f"an object was ingested twice: {ingested.most_common(2)}"
     refs = collections.Counter(repo.readonly_session(branch="main").all_virtual_chunk_locations())
     assert set(refs) == {file_url(f) for f in files} and set(refs.values()) == {4}  # 4 chunks of tas per file
     cube = read_cube(spec).load()
     for member in {int(f.parent.name.split("_")[1]) for f in files}:
-        member_files = sorted((root / f"member_{member}").glob("*.nc"))
+        member_files = sorted(f for f in (root / f"member_{member}").glob("*.nc") if file_url(f) not in waiting)
         ref = xr.concat([xr.open_dataset(f).load() for f in member_files], dim="time", data_vars="minimal")
         xr.testing.assert_identical(cube.tas.sel(member=member, drop=True).sel(time=ref.time), ref.tas)
 
@@ -78,11 +82,16 @@ def crash_cube(prefect_server: str, icefloe_cli: str, tmp_path: Path) -> tuple[P
 
 @pytest.mark.parametrize("point", POINTS)
 def test_kill_at_each_stage_then_rerun(crash_cube: tuple[Path, Spec, Path], icefloe_cli: str, point: str) -> None:
+    """Each cycle's run appends a step to both members, back-fills one before the axis start (room
+    opened by moving every reference), and defers one beyond a gap (filled by the next cycle)."""
     spec_path, spec, root = crash_cube
-    day = 2
+    day, first = 2, 0
     for _cycle in range(CYCLES):
         tip = open_repo(spec).lookup_branch("main")
         new = [write_day(root, member, day) for member in (1, 2)]
+        first -= 1
+        new.append(write_day(root, 1, first))  # a back-fill
+        waits = write_day(root, 3, day + 3)  # a new member beyond a gap: waits until the steps between arrive
         day += 1
         killed = run(icefloe_cli, spec_path, kill_at=point)
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
@@ -94,7 +103,11 @@ def test_kill_at_each_stage_then_rerun(crash_cube: tuple[Path, Spec, Path], icef
         )
         again = run(icefloe_cli, spec_path)
         assert again.returncode == 0, again.stderr[-2000:]
-        assert json.loads(again.stdout)["dims"]["time"] == day
+        out = json.loads(again.stdout)
+        moves = read_moves(open_repo(spec).readonly_session(branch="main").store)
+        assert len(moves) == _cycle + 1, moves  # each back-fill opened room once, however the run was killed
+        if _cycle == 0:
+            assert [d["url"] for d in out["deferred"]] == [file_url(waits)]
         assert_exactly_once(spec, root)
 
 

@@ -68,3 +68,51 @@ def test_kerchunk_export_refuses_other_formats(holey: object, tmp_path: Path) ->
 
     with pytest.raises(IcefloeError, match=r"\.json file or a \.parquet directory"):
         export_kerchunk(open_repo(holey), holey, tmp_path / "refs.txt")  # type: ignore[arg-type]
+
+
+def _months(workdir: Path, bad: set[int]) -> None:
+    for i in range(12):
+        when = np.datetime64(f"2000-{i + 1:02d}-01", "ns")
+        ds = dataset(i).assign_coords(time=[when])
+        write_nc4(workdir / "archive" / "m1" / f"d{i:02d}.nc", ds, chunks=(1, 4, 6) if i in bad else (1, 2, 3))
+
+
+def test_refused_and_waiting_months_are_holes_never_100_percent(workdir: Path) -> None:
+    _months(workdir, bad={2, 4, 6, 8, 10})
+    spec = make_spec(workdir, "m{member:d}/d*.nc", extra="checks:\n  regular: []\n")
+    s = run_cube(spec)
+    assert (s.ingested, len(s.quarantined)) == (7, 5)
+    cov = measure_coverage(open_repo(spec), spec)
+    assert cov.axis_length == 12 and cov.missing == {(1,): [2, 4, 6, 8, 10]}
+    np.testing.assert_allclose(cov.fraction, [7 / 12])
+    np.testing.assert_array_equal(cov.quarantined, [5])
+    waiting = make_spec(workdir, "m{member:d}/d*.nc", name="waiting")  # the default: time is regular
+    s = run_cube(waiting)
+    assert (s.ingested, len(s.quarantined), len(s.deferred)) == (2, 5, 5)
+    cov = measure_coverage(open_repo(waiting), waiting)
+    np.testing.assert_allclose(cov.fraction, [2 / 12])
+    np.testing.assert_array_equal(cov.deferred, [5])
+    assert [w["url"].rsplit("/", 1)[-1] for w in cov.waiting] == [f"d{i:02d}.nc" for i in (3, 5, 7, 9, 11)]
+    assert all(w["since"] and w["waited"] for w in cov.waiting)
+    report = coverage_markdown(cov)
+    assert "**17%** (5 q) (5 waiting)" in report and "Waiting for a gap on their axis to fill" in report
+    assert f"snapshot `{open_repo(waiting).lookup_branch('main')}`" in report
+
+
+def test_status_of_a_cube_never_published_says_so(workdir: Path) -> None:
+    from lib.errors import IcefloeError
+    from lib.repository import open_repository
+
+    _months(workdir, bad=set())
+    spec = make_spec(
+        workdir,
+        "m{member:d}/d*.nc",
+        extra="checks:\n  expectations:\n    - {type: expect_column_values_to_be_between, variable: member, "
+        "kwargs: {min_value: 5, max_value: 6}}\n",
+    )
+    s = run_cube(spec)  # the first build: every file refused by the expectation
+    assert s.exit_code == 1 and not s.published
+    repo = open_repository(spec)
+    if repo is not None:  # nothing was written, or only what never reached main
+        with pytest.raises(IcefloeError, match="no cube has been published at .* yet"):
+            measure_coverage(repo, spec)

@@ -240,3 +240,21 @@ def test_an_ingest_of_named_objects_looks_them_up_without_listing(
     rest = run_cube(spec, "ingest")  # the listing finds the other one, and sees the named one as unchanged
     assert rest.ingested == 1 and rest.unchanged == 7, rest
     assert_matches_files(spec, workdir)
+
+
+def test_log_keeps_every_run_after_maintain_expires_their_snapshots(cube: tuple[Spec, Path]) -> None:
+    from lib.repository import run_log
+
+    spec, workdir = cube
+    write_day(workdir, 1, 3)
+    started = time.monotonic()
+    assert run_cube(spec, "ingest").exit_code == 0
+    took = time.monotonic() - started
+    before = run_log(open_repo(spec), "main")
+    assert [r["operation"] for r in before[:2]] == ["ingest", "build"]
+    assert before[0]["ingested"] == 1 and before[1]["ingested"] == 6
+    assert 0 < before[0]["seconds"] <= took  # the run's wall time, not the span of its commits
+    prune_history(open_repo(spec), spec, older_than_days=0)
+    after = run_log(open_repo(spec), "main")
+    assert [(r["run"], r["ingested"]) for r in after[:2]] == [(r["run"], r["ingested"]) for r in before[:2]]
+    assert after[1]["snapshot"] == "(expired)"

@@ -187,3 +187,16 @@ def test_a_cell_may_fill_its_hole_when_its_chunks_agree(workdir: Path, hole: tup
     s = run_cube(spec, "ingest")
     [q] = s.quarantined
     assert q["url"] == file_url(split) and "do not line up with those already at positions 31:60" in q["reason"]
+
+
+def test_kerchunk_refuses_a_rectilinear_cube_and_readers_are_told(workdir: Path) -> None:
+    from lib.errors import IcefloeError
+    from lib.export import export_kerchunk
+
+    for number in (1, 2):
+        month(workdir, 2000, number)
+    spec = rectilinear_spec(workdir)
+    s = run_cube(spec)
+    assert any("zarr.config.set({'array.rectilinear_chunks': True})" in n for n in s.notes), s.notes
+    with pytest.raises(IcefloeError, match="Kerchunk references cannot express the rectilinear chunk grid of time"):
+        export_kerchunk(open_repo(spec), spec, workdir / "refs.json")
