@@ -114,5 +114,5 @@ def test_status_of_a_cube_never_published_says_so(workdir: Path) -> None:
     assert s.exit_code == 1 and not s.published
     repo = open_repository(spec)
     if repo is not None:  # nothing was written, or only what never reached main
-        with pytest.raises(IcefloeError, match="no cube has been published at .* yet"):
+        with pytest.raises(IcefloeError, match=r"no cube has been published at .* yet"):
             measure_coverage(repo, spec)
