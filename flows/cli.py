@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from flows.tables import Bars, console, coverage_table, summary_table
@@ -236,12 +237,12 @@ def plan(spec: SpecArg, as_json: JsonOpt = False, debug: DebugOpt = False) -> No
             console.print(table)
             console.print("dims after: " + " x ".join(f"{d}={n}" for d, n in summary.dims.items()))
             for q in summary.quarantined[:20]:
-                console.print(f"[yellow]would quarantine[/] {q['url']}\n    {q['reason']}")
+                console.print(f"[yellow]would quarantine[/] {escape(q['url'])}\n    {escape(q['reason'])}")
             for d in summary.deferred[:20]:
-                console.print(f"[cyan]would defer[/] {d['url']}\n    {d['reason']}")
+                console.print(f"[cyan]would defer[/] {escape(d['url'])}\n    {escape(d['reason'])}")
             for f in summary.findings[:20]:
                 if f["scope"] == "cube":
-                    console.print(f"[red]would block the publish[/]: {f['message']}")
+                    console.print(f"[red]would block the publish[/]: {escape(f['message'])}")
         _finish(payload, EXIT_OK)
 
 
@@ -570,7 +571,7 @@ def main(argv: list[str] | None = None) -> None:
         if _json_mode:
             print(json.dumps(e.payload, default=str))
         elif "error" in e.payload:
-            console.print(f"[red]error:[/] {e.payload['error']}")
+            console.print(f"[red]error:[/] {escape(str(e.payload['error']))}")
     except click.NoArgsIsHelpError:
         code = EXIT_OK
     except click.UsageError as e:

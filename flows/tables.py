@@ -6,6 +6,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 __all__ = ["Bars", "console", "coverage_table", "summary_table"]
@@ -47,13 +48,14 @@ class Bars:
 def summary_table(summary: dict[str, Any], title: str) -> None:
     """A build or ingest summary: counts, dims, main, and what was refused or changed."""
     table = Table(title=title, show_header=True, header_style="bold")
-    for column in ("discovered", "ingested", "unchanged", "changed", "quarantined"):
+    for column in ("discovered", "ingested", "unchanged", "changed", "deferred", "quarantined"):
         table.add_column(column, justify="right")
     table.add_row(
         str(summary.get("discovered", 0)),
         str(summary.get("ingested", 0)),
         str(summary.get("unchanged", 0)),
         str(len(summary.get("changed", []))),
+        str(len(summary.get("deferred", []))),
         str(len(summary.get("quarantined", []))),
     )
     console.print(table)
@@ -63,11 +65,17 @@ def summary_table(summary: dict[str, Any], title: str) -> None:
     if summary.get("snapshot"):
         console.print(f"main: {summary['snapshot']}" + ("" if summary.get("published") else " (unchanged)"))
     for q in summary.get("quarantined", [])[:20]:
-        console.print(f"[yellow]quarantined[/] {q['url']}\n    {q['reason']}")
+        console.print(f"[yellow]quarantined[/] {escape(q['url'])}\n    {escape(q['reason'])}")
+    for d in summary.get("deferred", [])[:20]:
+        console.print(f"[cyan]waiting[/] {escape(d['url'])}\n    {escape(d['reason'])}")
+    for url in summary.get("replaced", [])[:20]:
+        console.print(f"[cyan]re-ingested[/] {url} (its content changed)")
     for s in summary.get("skipped", [])[:20]:
-        console.print(f"[yellow]skipped[/] {s['variable']} of {s['url']}: {s['reason']}")
+        console.print(f"[yellow]skipped[/] {escape(s['variable'])} of {escape(s['url'])}: {escape(s['reason'])}")
     for f in summary.get("findings", [])[:20]:
-        console.print(f"[red]{f['check']}[/] ({f['scope']}): {f['message']}")
+        console.print(f"[red]{escape(f['check'])}[/] ({f['scope']}): {escape(f['message'])}")
+    for note in summary.get("notes", [])[:10]:
+        console.print(f"[dim]note:[/] {escape(note)}")
     for url in summary.get("changed", [])[:20]:
         console.print(f"[cyan]changed[/] {url} (kept with --keep; a run without it re-ingests it)")
 

@@ -9,18 +9,29 @@ from pathlib import Path
 from typing import Any
 
 from lib.errors import IcefloeError, PublishBlocked
-from lib.local.archive import DemoShape, demo_spec, step_path, write_bad_file, write_demo_archive, write_step
+from lib.local.archive import (
+    DemoShape,
+    demo_spec,
+    monthly_spec,
+    step_path,
+    write_bad_file,
+    write_demo_archive,
+    write_monthly_archive,
+    write_step,
+)
 
 __all__ = ["open_snippet", "run_demo", "run_s3_demo"]
 
 MARKER = ".icefloe-demo"
 
 
-def open_snippet(repo: Path, source: Path) -> str:
-    """Three lines of Python that open the cube with xarray."""
+def open_snippet(repo: Path, source: Path, rectilinear: bool = False) -> str:
+    """A few lines of Python that open the cube with xarray (a cube with rectilinear axes needs
+    Zarr's option for them turned on first)."""
     return (
         "import icechunk, xarray as xr\n"
-        f"repo = icechunk.Repository.open(icechunk.local_filesystem_storage({str(repo)!r}), "
+        + ("import zarr; zarr.config.set({'array.rectilinear_chunks': True})\n" if rectilinear else "")
+        + f"repo = icechunk.Repository.open(icechunk.local_filesystem_storage({str(repo)!r}), "
         f"authorize_virtual_chunk_access=icechunk.containers_credentials("
         f"{{{('file://' + str(source) + '/')!r}: icechunk.credentials.LocalFileSystemAccess}}))\n"
         "cube = xr.open_zarr(repo.readonly_session('main').store, consolidated=False)"
@@ -30,7 +41,7 @@ def open_snippet(repo: Path, source: Path) -> str:
 def _fresh_directory(directory: Path) -> None:
     if directory.exists() and any(directory.iterdir()) and not (directory / MARKER).exists():
         raise IcefloeError(f"{directory} exists and is not an icefloe demo directory; pass --dir with a new path")
-    for sub in ("archive", "cube"):
+    for sub in ("archive", "cube", "months", "months-cube"):
         shutil.rmtree(directory / sub, ignore_errors=True)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / MARKER).write_text("made by `icefloe demo`; safe to delete\n")
@@ -90,11 +101,31 @@ def run_demo(directory: Path, console: Any, run_flow: Callable[..., dict[str, An
         "ingesting them through staging, checks and publish"
     )
     ingest = _run(run_flow, ingest_objects, console, spec_path, "demo ingest")
+    months, months_repo = directory / "months", directory / "months-cube"
+    write_monthly_archive(months)
+    months_spec = directory / "demo-months.yaml"
+    months_spec.write_text(monthly_spec(months, months_repo))
+    say(
+        f"[bold]4.[/] monthly files of daily data (31, 29 and 31 days, one chunk each) in {months}: files of "
+        f"unequal length land on a rectilinear time axis ({months_spec} says `rectilinear: \\[time]`)"
+    )
+    monthly = _run(run_flow, build_cube, console, months_spec, "demo months build")
     snippet = open_snippet(repo.resolve(), source.resolve())
-    say("[bold]4.[/] open the cube with xarray:\n")
+    say("[bold]5.[/] open the cube with xarray:\n")
     if console is not None:
         console.print(snippet, soft_wrap=True, markup=False, highlight=False)
-    return {"dir": str(directory), "spec": str(spec_path), "build": summary, "ingest": ingest, "open": snippet}
+    months_snippet = open_snippet(months_repo.resolve(), months.resolve(), rectilinear=True)
+    say("\n   and the monthly cube (its rectilinear time axis needs Zarr's option for it):\n")
+    if console is not None:
+        console.print(months_snippet, soft_wrap=True, markup=False, highlight=False)
+    return {
+        "dir": str(directory),
+        "spec": str(spec_path),
+        "build": summary,
+        "ingest": ingest,
+        "open": snippet,
+        "months": {"spec": str(months_spec), "build": monthly, "open": months_snippet},
+    }
 
 
 def run_s3_demo(directory: Path, console: Any) -> dict[str, Any]:

@@ -14,7 +14,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DemoShape", "demo_spec", "write_bad_file", "write_demo_archive", "write_step"]
+__all__ = [
+    "DemoShape",
+    "demo_spec",
+    "monthly_spec",
+    "write_bad_file",
+    "write_demo_archive",
+    "write_monthly_archive",
+    "write_step",
+]
 
 EPOCH = np.datetime64("2000-01-01", "D")
 
@@ -127,5 +135,58 @@ def demo_spec(source: Path, repo: Path, name: str = "demo") -> str:
         f"source:\n  url: file://{source.resolve()}/\n"
         f'  pattern: "polygon_{{polygon:d}}/month_{{month:d}}/step_*.nc"\n'
         f"concat: [time]\n"
+        f"repo:\n  url: file://{repo.resolve()}\n"
+    )
+
+
+def write_monthly_archive(
+    root: Path, polygons: int = 2, months: Iterable[int] = (1, 2, 3), year: int = 2000
+) -> list[Path]:
+    """Monthly files of daily data, one chunk per file along time: months of 31, 29 (a leap year's
+    February), 31... days, so the files differ in length and only a rectilinear time axis holds them.
+
+    Files ``polygon_{p:03d}/{year}-{month:02d}.nc`` with ``DIC`` over (time, lat, lon).
+    """
+    import xarray as xr
+
+    shape = DemoShape()
+    out = []
+    for p in range(polygons):
+        for m in months:
+            first = np.datetime64(f"{year}-{m:02d}-01", "D")
+            days = int(
+                ((first.astype("datetime64[M]") + np.timedelta64(1, "M")).astype("datetime64[D]") - first)
+                / np.timedelta64(1, "D")
+            )
+            rng = np.random.default_rng(p * 1000 + m)
+            values = (2000.0 + rng.standard_normal((days, shape.lat, shape.lon)) * 10).astype("f4")
+            ds = xr.Dataset(
+                {"DIC": (("time", "lat", "lon"), values, {"units": "mmol/m^3", "long_name": "DIC concentration"})},
+                coords={
+                    "time": ("time", (first + np.arange(days)).astype("datetime64[ns]")),
+                    "lat": ("lat", np.linspace(-30.0, 30.0, shape.lat), {"units": "degrees_north"}),
+                    "lon": ("lon", np.linspace(150.0, 210.0, shape.lon), {"units": "degrees_east"}),
+                },
+                attrs={"title": "icefloe demo: monthly files of daily data", "polygon": p},
+            )
+            path = root / f"polygon_{p:03d}" / f"{year}-{m:02d}.nc"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            encoding = {
+                "DIC": {"chunksizes": (days, 8, 8), "zlib": True, "complevel": 4, "shuffle": True},
+                "time": {"units": f"days since {first}", "dtype": "int64"},
+            }
+            ds.to_netcdf(path, engine="h5netcdf", encoding=encoding)
+            out.append(path)
+    return out
+
+
+def monthly_spec(source: Path, repo: Path, name: str = "demo-months") -> str:
+    """The spec of a monthly archive: its time axis is rectilinear, one chunk per file."""
+    return (
+        f"name: {name}\n"
+        f"source:\n  url: file://{source.resolve()}/\n"
+        f'  pattern: "polygon_{{polygon:d}}/*.nc"\n'
+        f"concat: [time]\n"
+        f"rectilinear: [time]\n"
         f"repo:\n  url: file://{repo.resolve()}\n"
     )

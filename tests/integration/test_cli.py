@@ -140,6 +140,11 @@ def test_demo_runs_end_to_end(prefect_server: str, icefloe_cli: str, tmp_path: P
     namespace: dict = {}
     exec(out["open"], namespace)  # the snippet the demo prints really opens the cube
     assert namespace["cube"].DIC.shape == (2, 3, 5, 5, 16, 16)
+    months = out["months"]  # monthly files of unequal length, on a rectilinear time axis
+    assert (months["build"]["ingested"], months["build"]["quarantined"]) == (6, [])
+    exec(months["open"], namespace)
+    assert namespace["cube"].DIC.shape == (2, 31 + 29 + 31, 16, 16)
+    assert namespace["cube"].DIC.encoding["chunks"][1] == (31, 29, 31)
 
 
 @pytest.mark.slow
