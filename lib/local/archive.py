@@ -171,7 +171,7 @@ def write_monthly_archive(
             )
             path = root / f"polygon_{p:03d}" / f"{year}-{m:02d}.nc"
             path.parent.mkdir(parents=True, exist_ok=True)
-            encoding = {
+            encoding: dict[str, dict[str, Any]] = {
                 "DIC": {"chunksizes": (days, 8, 8), "zlib": True, "complevel": 4, "shuffle": True},
                 "time": {"units": f"days since {first}", "dtype": "int64"},
             }
