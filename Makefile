@@ -25,7 +25,7 @@ UV = $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
 help:
 	@echo "make demo        install (first time) and run the demo: build a cube from a small archive"
-	@echo "make test        install (first time) and run the whole test suite"
+	@echo "make test        install (first time) and run the whole test suite (two workers)"
 	@echo "make test-fast   only the fast tests (no servers, no slow ones)"
 	@echo "make lint        ruff and mypy"
 
@@ -42,7 +42,7 @@ demo: install
 	$(VENV)/bin/icefloe demo
 
 test: install
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n 2 --dist loadfile
 
 test-fast: install
 	$(VENV)/bin/pytest -m "not integration and not slow"
