@@ -231,3 +231,35 @@ def test_plan_shows_what_would_wait(two_polygons: Spec, workdir: Path) -> None:
     finally:
         run.close()
     assert [d["url"] for d in summary.deferred] == [file_url(early)] and summary.quarantined == []
+
+
+def write_month(workdir: Path, polygon: int, year: int, month: int) -> Path:
+    when = np.datetime64(f"{year}-{month:02d}-01", "ns")
+    ds = dataset(year * 12 + month, seed=polygon, scalar=float(polygon)).assign_coords(time=[when])
+    return write_nc4(workdir / "archive" / f"polygon_{polygon}" / f"day_{year}{month:02d}.nc", ds)
+
+
+def test_years_back_filled_under_a_monthly_cube_and_a_missing_month_filled_late(workdir: Path) -> None:
+    """A cube of 2002-2003 gets 2000-2001 (a back-fill in front), then a month missing inside the axis
+    (an irregular archive: not declared regular); every value equals the files, old snapshots stay."""
+    for year in (2002, 2003):
+        for month in range(1, 13):
+            if (year, month) != (2003, 6):
+                write_month(workdir, 1, year, month)
+    spec = make_spec(workdir, PATTERN, extra="checks:\n  regular: []\n")
+    assert run_cube(spec).exit_code == 0
+    before = open_repo(spec).lookup_branch("main")
+    shown = read_cube(spec, snapshot=before).load()
+    for year in (2000, 2001):
+        for month in range(1, 13):
+            write_month(workdir, 1, year, month)
+    s = run_cube(spec, "ingest")
+    assert (s.exit_code, s.ingested, s.quarantined) == (0, 24, []), s
+    june = write_month(workdir, 1, 2003, 6)
+    s = run_cube(spec, "ingest")
+    assert (s.exit_code, s.ingested, s.quarantined) == (0, 1, []), s
+    assert file_url(june) in locations(spec)
+    assert read_cube(spec).sizes["time"] == 48
+    assert_cube_is_the_files(spec, workdir)
+    xr.testing.assert_identical(read_cube(spec, snapshot=before).load(), shown)
+    assert [m["at"] for m in ledger.read_moves(open_repo(spec).readonly_session(branch="main").store)] == [0, 41]
