@@ -386,16 +386,18 @@ class _Planner:
             size = int(axes.concat[dim].size)
             old = _shift(int(self.existing.concat[dim].size) if dim in self.existing.concat else 0, moves, dim)
             for _variable, chunk in self.chunks_along(dim):
-                pinned = next(
-                    (b.url for b in held for d, a, z in b.ranges if d == dim and z == old and (z - a) % chunk), None
-                )
+                # blocks start on chunk boundaries, so an axis that ends mid-chunk ends with some block's
+                # partial chunk, which pins the end there (named when that block is in a cell at hand)
+                pinned = bool(old % chunk)
+                holder = next((b.url for b in held for d, _, z in b.ranges if d == dim and z == old), None)
                 for url, p in placements.items():
                     if url in self.refused:
                         continue
                     a, z = p.range_of(dim)
-                    if pinned is not None and z > old and a >= old:
+                    if pinned and z > old and a >= old:
                         self.refused[url] = (
-                            f"'{url}' would extend '{dim}' past the partial last chunk of '{pinned}' "
+                            f"'{url}' would extend '{dim}' past the partial last chunk of "
+                            f"{repr(holder) if holder else 'a file already in the cube'} "
                             f"(chunks of {chunk}); {_RECTILINEAR_HINT}, or rebuild the cube"
                         )
                     elif (z - a) % chunk and z != size:

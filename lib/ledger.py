@@ -200,11 +200,12 @@ def read_ledger(store: Store) -> dict[str, LedgerRow]:
     return {row.url: row for row in iter_rows(store)}
 
 
-def read_ledger_index(store: Store) -> dict[str, LedgerRow]:
-    """Each object's current state, with only what planning an update needs.
+def read_ledger_index(store: Store, start: int = 0) -> dict[str, LedgerRow]:
+    """Each object's current state (among the rows from ``start`` on), with only what planning an
+    update needs.
 
-    The rows keep url, etag, status, fields, ranges and digests; the rest (reason, run, checksum...)
-    is left empty. Rows of one cell share one ``fields`` dict and equal digests one ``digests`` dict
+    The rows keep url, etag, status, fields, ranges, chunking, digests and since; the rest (reason,
+    run, checksum...) is left empty. Rows of one cell share one ``fields`` dict and equal digests one ``digests`` dict
     (none of them is ever changed). An ingest into a large cube holds this for every object in it,
     so it is kept small: see ``benchmarks/RESULTS.md`` (P5) for the measured size per object.
     """
@@ -212,7 +213,7 @@ def read_ledger_index(store: Store) -> dict[str, LedgerRow]:
     statuses = {s.value: s for s in Status}
     index: dict[str, LedgerRow] = {}
     moves = read_moves(store)
-    for text in _iter_texts(store):
+    for text in _iter_texts(store, start):
         data = orjson.loads(text)
         fields, ranges, digests = data.get("fields", {}), data.get("ranges"), data.get("digests", {})
         if ranges and data.get("moves", 0) < len(moves):
@@ -225,11 +226,13 @@ def read_ledger_index(store: Store) -> dict[str, LedgerRow]:
             ranges=ranges or _EMPTY,
             digests=shared.setdefault(("digests", *sorted(digests.items())), digests),
             since=data.get("since", ""),
+            chunking=data.get("chunking") or _NONE,
         )
     return index
 
 
 _EMPTY: dict[str, Any] = {}  # shared by index rows without ranges; never changed
+_NONE: list[Any] = []  # shared by index rows without chunking; never changed
 
 
 def _append(store: Store, name: str, texts: list[str]) -> int:

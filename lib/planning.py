@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from lib.spool import Spool
 
 __all__ = ["Plan", "cube_sizes", "ledger_row", "plan_update", "planned_coordinates"]
+
+Cell = tuple[tuple[str, Any], ...]  # a pattern cell: its fields and values, in pattern order
 
 
 @dataclass
@@ -109,22 +112,25 @@ def _majority(keys: list[str]) -> str:
     return next(k for k in keys if counts[k] == best)  # ties: the first file's
 
 
-def _occupied(state: CubeState, replacing: set[str]) -> list[Occupied]:
+def _occupied(state: CubeState, replacing: set[str], cells: Iterable[Cell]) -> list[Occupied]:
+    """The blocks the cube holds in the cells files of this run go to (the objects being replaced aside)."""
     out = []
-    for row in state.ledger.values():
-        if row.status != INGESTED or row.url in replacing:
-            continue
-        out.append(
-            Occupied(row.url, tuple(row.fields.items()), tuple((d, int(a), int(b)) for d, (a, b) in row.ranges.items()))
-        )
+    for cell in cells:
+        for row in state.ledger.cell(cell).rows.values():
+            if row.url in replacing:
+                continue
+            ranges = tuple((d, int(a), int(b)) for d, (a, b) in row.ranges.items())
+            out.append(Occupied(row.url, tuple(row.fields.items()), ranges))
     return out
 
 
-def _cell_references(state: CubeState) -> dict[tuple[tuple[str, Any], ...], dict[str, str]]:
-    out: dict[tuple[tuple[str, Any], ...], dict[str, str]] = {}
-    for row in state.ledger.values():
-        if row.status == INGESTED and row.digests:
-            out.setdefault(tuple(row.fields.items()), row.digests)
+def _cell_references(state: CubeState, cells: Iterable[Cell]) -> dict[Cell, dict[str, str]]:
+    """The digests of the variables without a concat dim that the cube holds for each of ``cells``."""
+    out: dict[Cell, dict[str, str]] = {}
+    for cell in cells:
+        digests = state.ledger.cell(cell).digests
+        if digests:
+            out[cell] = digests
     return out
 
 
@@ -227,10 +233,10 @@ def check_shared_coordinates(schema: CubeSchema, accepted: list[FileEntry]) -> t
 def check_cell_variables(state: CubeState, accepted: list[FileEntry]) -> tuple[list[FileEntry], dict[str, str]]:
     """Variables without a concat dim must be equal across the files of one pattern cell (and equal to
     what the cube already holds for that cell)."""
-    cell_refs = _cell_references(state)
-    by_cell: dict[tuple[tuple[str, Any], ...], list[FileEntry]] = defaultdict(list)
+    by_cell: dict[Cell, list[FileEntry]] = defaultdict(list)
     for e in accepted:
         by_cell[e.fields].append(e)
+    cell_refs = _cell_references(state, by_cell)
     kept, refused = [], {}
     for cell, members in by_cell.items():
         reference = cell_refs.get(cell) or members[0].cell
@@ -300,7 +306,8 @@ def plan_update(
     accepted.sort(key=lambda e: (e.fields, e.url))
 
     existing = None if state.fresh else state.axes
-    layout = plan_layout(accepted, schema, existing, _occupied(state, replacing), rules)
+    held = [] if state.fresh else _occupied(state, replacing, {e.fields for e in accepted})
+    layout = plan_layout(accepted, schema, existing, held, rules)
     quarantined.update(layout.refused)
     deferred, waiting, expired = _waits(state, layout.deferred, max_wait, now or dt.datetime.now(dt.UTC))
     quarantined.update(expired)
@@ -317,7 +324,7 @@ def plan_update(
         batches=[[e.url for e in b.entries if e.url in placed] for b in parsed],
         grows=state.fresh or existing is None or layout.axes.sizes() != existing.sizes() or bool(layout.moves),
         shared_source=next((e.url for e in accepted if e.url in placed), None) if state.fresh else None,
-        replaced={u for u in replacing if u in state.ledger and state.ledger[u].status == INGESTED},
+        replaced={u for u in replacing if (row := state.ledger.get(u)) is not None and row.status == INGESTED},
         moves=layout.moves,
         values={e.url: {d: v.tolist() for d, v in e.encoded.items()} for e in entries if e.url not in placed},
         waiting=waiting,

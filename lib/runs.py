@@ -445,7 +445,8 @@ READ_RECTILINEAR = (
 
 def _read_only_state(repo: icechunk.Repository, spec: Spec, operation: Operation) -> CubeState:
     """The state a dry run plans against: main's, without touching any branch."""
-    from lib.ledger import ledger_size, read_ledger, read_schema
+    from lib.ledger import ledger_size, read_schema
+    from lib.ledger_index import LedgerIndex
     from lib.state import read_axes
 
     main = repo.lookup_branch(spec.repo.branch)
@@ -460,7 +461,7 @@ def _read_only_state(repo: icechunk.Repository, spec: Spec, operation: Operation
         fresh=fresh,
         schema=None if fresh else schema,
         axes=None if fresh or schema is None else read_axes(store, schema),
-        ledger={} if fresh else read_ledger(store),
+        ledger=LedgerIndex.empty() if fresh else LedgerIndex(store),
         ledger_base=ledger_size(store),
     )
 

@@ -9,7 +9,7 @@ the run started from, so a rerun after a crash can tell whether staging's work c
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,10 +29,10 @@ from lib.ledger import (
     append_run,
     iter_current,
     now,
-    read_ledger,
     read_schema,
     write_schema,
 )
+from lib.ledger_index import LedgerIndex, cell_key, fold_index
 from lib.local.faults import checkpoint
 from lib.planning import Plan, ledger_row
 from lib.quality import Finding, SpotSample, choose_samples, spot_check, structural_findings
@@ -202,13 +202,16 @@ def stage_prepare(
 def _clear_replaced(store: IcechunkStore, plan: Plan, state: CubeState) -> None:
     """Objects being re-ingested leave their old place first (they may land elsewhere, or nowhere)."""
     assert plan.schema is not None
-    old = [_placement_of(state.ledger[url], plan.axes, plan.moves) for url in plan.replaced]
-    remaining = {
-        plan.axes.cell_of(r.fields.items())
-        for r in state.ledger.values()
-        if r.status == INGESTED and r.url not in plan.replaced
-    }
-    clear_blocks(store, plan.schema, plan.axes, old, cells_emptied={p.cell for p in old} - remaining)
+    rows = [state.ledger[url] for url in plan.replaced]
+    old = [_placement_of(row, plan.axes, plan.moves) for row in rows]
+    emptied = _emptied(state.ledger, rows, plan.replaced, plan.axes)
+    clear_blocks(store, plan.schema, plan.axes, old, cells_emptied=emptied)
+
+
+def _emptied(ledger: LedgerIndex, rows: Iterable[LedgerRow], leaving: Set[str], axes: Axes) -> set[tuple[int, ...]]:
+    """The cells of ``rows`` that no object is left in once the ``leaving`` objects are gone."""
+    cells = {cell_key(r.fields): r.fields for r in rows}
+    return {axes.cell_of(fields.items()) for fields in cells.values() if not set(ledger.cell(fields).rows) - leaving}
 
 
 def _placement_of(row: LedgerRow, axes: Axes, moves: Sequence[Move] = ()) -> Placement:
@@ -312,14 +315,15 @@ def stage_quarantine(
     schema = read_schema(store)
     assert schema is not None
     axes = read_axes(store, schema)
-    ledger = read_ledger(store)
-    placements, rows = [], []
+    ledger = LedgerIndex(store)
+    placements, rows, leaving = [], [], []
     at = now()
     for url, reason in reasons.items():
         row = ledger.get(url)
         if row is None or row.status != INGESTED:
             continue
         placements.append(_placement_of(row, axes))
+        leaving.append(row)
         rows.append(
             LedgerRow(
                 url=url,
@@ -332,9 +336,8 @@ def stage_quarantine(
                 fields=row.fields,
             )
         )
-    taken = {p.url for p in placements}
-    remaining = {axes.cell_of(r.fields.items()) for r in ledger.values() if r.status == INGESTED and r.url not in taken}
-    clear_blocks(store, schema, axes, placements, cells_emptied={p.cell for p in placements} - remaining)
+    emptied = _emptied(ledger, leaving, {p.url for p in placements}, axes)
+    clear_blocks(store, schema, axes, placements, cells_emptied=emptied)
     append_rows(store, rows)
     verb = "quarantine" if status == QUARANTINED else "remove"
     return commit_session(
@@ -371,6 +374,7 @@ def stage_run_record(
         "main_before": state.main,
     }
     append_run(session.store, record)
+    fold_index(session.store)  # main's index matches its log: the run's rows are folded in as it publishes
     return commit_session(session, f"{run.operation}: record the run", _metadata(state, run, "record"))
 
 

@@ -16,7 +16,8 @@ import numpy as np
 
 from lib.hierarchy import array_at, open_root
 from lib.layout import Axes
-from lib.ledger import LedgerRow, ledger_size, read_ledger_index, read_schema
+from lib.ledger import ledger_size, read_schema
+from lib.ledger_index import LedgerIndex
 from lib.report import Operation
 from lib.repository import branch_state, reset_branch
 from lib.spec import Spec, spec_digest
@@ -40,7 +41,7 @@ class CubeState:
     fresh: bool
     schema: CubeSchema | None
     axes: Axes | None
-    ledger: dict[str, LedgerRow] = field(default_factory=dict)  # current rows, trimmed (read_ledger_index)
+    ledger: LedgerIndex = field(default_factory=LedgerIndex.empty)  # current rows, looked up as needed
     ledger_base: int = 0
     spec_digest: str = ""
 
@@ -117,7 +118,6 @@ def read_cube_state(repo: icechunk.Repository, spec: Spec, operation: Operation)
             fresh=True,
             schema=None,
             axes=None,
-            ledger={},
             ledger_base=0,
             spec_digest=digest,
         )
@@ -131,7 +131,7 @@ def read_cube_state(repo: icechunk.Repository, spec: Spec, operation: Operation)
         fresh=False,
         schema=schema,
         axes=read_axes(store, schema),
-        ledger=read_ledger_index(store),
+        ledger=LedgerIndex(store),
         ledger_base=base,
         spec_digest=digest,
     )

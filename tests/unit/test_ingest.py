@@ -258,3 +258,33 @@ def test_log_keeps_every_run_after_maintain_expires_their_snapshots(cube: tuple[
     after = run_log(open_repo(spec), "main")
     assert [(r["run"], r["ingested"]) for r in after[:2]] == [(r["run"], r["ingested"]) for r in before[:2]]
     assert after[1]["snapshot"] == "(expired)"
+
+
+def test_a_cube_without_a_ledger_index_gets_one_from_its_next_ingest(cube: tuple[Spec, Path]) -> None:
+    """Cubes written before the index existed: the first run that publishes folds their whole log."""
+    import zarr
+
+    from lib.ledger_index import CELLS, URLS, LedgerIndex
+
+    spec, workdir = cube
+    repo = open_repo(spec)
+    session = repo.writable_session("main")  # take the index away, as a cube from before it would be
+    group = zarr.open_group(session.store, path=ledger.META_GROUP, mode="r+")
+    assert {URLS, CELLS} <= set(group.array_keys()) and group.attrs["index"]["rows"] == 6
+    del group[URLS], group[CELLS]
+    group.update_attributes({"index": {}})
+    session.commit("a cube from before the ledger index")
+    old = LedgerIndex(repo.readonly_session(branch="main").store)
+    assert old.shards == 0 and len(old.tail) == 6  # every row is read from the log
+
+    write_day(workdir, 1, 3)  # a late member-2 file too: its cell's objects come from the log's rows
+    write_day(workdir, 2, 3)
+    s = run_cube(spec, "ingest")
+    assert (s.exit_code, s.ingested, s.unchanged) == (0, 2, 6)
+    assert_matches_files(spec, workdir)
+    store = open_repo(spec).readonly_session(branch="main").store
+    index, truth = LedgerIndex(store), ledger.read_ledger_index(store)
+    assert index.shards and not index.tail and len(index) == len(truth) == 8
+    for url, row in truth.items():
+        assert (index[url].etag, index[url].status, index[url].ranges) == (row.etag, row.status, row.ranges)
+    assert set(index.cell({"member": 2}).rows) == {u for u, r in truth.items() if r.fields == {"member": 2}}
