@@ -123,7 +123,7 @@ def main() -> None:
                 f"(event {parts['event_delivery']:.1f}, start-up {parts['flow_run_startup']:.1f}, "
                 f"parse {parts['parse']:.2f}, commit {parts['commit']:.2f}, checks {parts['checks']:.2f})"
             )
-            time.sleep(1)
+            time.sleep(float(os.environ.get("P6_GAP", "1")))
 
     keys = [k for k in samples[0] if k != "url"]
     summary = {

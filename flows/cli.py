@@ -418,9 +418,20 @@ def serve(
     older_than: Annotated[float, typer.Option(help="Days of history maintenance keeps.")] = 30.0,
     threshold: Annotated[int, typer.Option(help="Events that start an ingest run.")] = 1,
     within: Annotated[int, typer.Option(help="Seconds over which --threshold events are counted.")] = 0,
+    poll: Annotated[float, typer.Option(help="Seconds between looks for flow runs to start.")] = 0.5,
+    warm: Annotated[
+        bool,
+        typer.Option(
+            help="Start flow runs from a fork server that imported everything once (each run still its own "
+            "process); --no-warm spawns a fresh interpreter per run."
+        ),
+    ] = True,
     debug: DebugOpt = False,
 ) -> None:
-    """Serve the cube's deployments (build, event-triggered ingest, sweep, maintain) against PREFECT_API_URL."""
+    """Serve the cube's deployments (build, event-triggered ingest, sweep, maintain) against PREFECT_API_URL.
+
+    Flow runs start in processes forked from a warm fork server, looked for every --poll seconds.
+    """
     with _errors():
         loaded = _load(spec)
         if not os.environ.get("PREFECT_API_URL"):
@@ -429,9 +440,7 @@ def serve(
                 "deployments need one that outlives this command",
                 key="PREFECT_API_URL",
             )
-        from prefect import serve as prefect_serve
-
-        from flows.deployments import cube_deployments, deployment_plans
+        from flows.deployments import deployment_plans, serve_deployments
 
         plans = deployment_plans(
             loaded,
@@ -452,7 +461,11 @@ def serve(
                     else ""
                 )
             )
-        prefect_serve(*cube_deployments(plans), print_starting_message=False)
+        if warm:
+            from flows.services.warm import use_warm_processes
+
+            use_warm_processes()
+        serve_deployments(plans, poll=poll)
 
 
 bridge_app = typer.Typer(

@@ -6,7 +6,8 @@ For a cube named ``N``:
 * ``N-build`` -- ``build_cube``, run by hand;
 * ``N-ingest`` -- ``ingest_objects``, triggered by ``icefloe.object.created`` events whose resource id
   is under the source prefix; it passes no URLs: each run drains everything pending;
-* ``N-sweep`` -- the same flow on a schedule, the reconciler for lost events;
+* ``N-sweep`` -- the same flow on a schedule, the reconciler for lost events; it also draws the
+  coverage map (event-triggered runs of a few objects leave it to the sweep);
 * ``N-maintain`` -- ``maintain_repository`` on a schedule.
 
 Writers run one at a time: a concurrency limit of 1 per deployment with the ENQUEUE strategy (and,
@@ -22,7 +23,7 @@ from typing import Any
 from lib.events import CREATED_EVENT
 from lib.spec import Spec
 
-__all__ = ["DeploymentPlan", "cube_deployments", "deployment_plans"]
+__all__ = ["DeploymentPlan", "cube_deployments", "deployment_plans", "serve_deployments"]
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def deployment_plans(
         DeploymentPlan(
             f"{spec.name}-sweep",
             "flows/ingest_objects.py:ingest_objects",
-            params,
+            {**params, "coverage": True},
             cron=sweep_cron,
             concurrency=1,
             description="Ingest whatever is pending, whether or not an event said so",
@@ -91,8 +92,8 @@ def deployment_plans(
     ]
 
 
-def cube_deployments(plans: list[DeploymentPlan]) -> list[Any]:
-    """Prefect runner deployments for the plans, ready for ``prefect.serve``."""
+def _deployment_arguments(plans: list[DeploymentPlan]) -> list[tuple[Any, dict[str, Any]]]:
+    """For each plan: its flow, and the keyword arguments that make the flow a deployment."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.events import DeploymentEventTrigger
     from prefect.types.entrypoint import EntrypointType
@@ -108,7 +109,6 @@ def cube_deployments(plans: list[DeploymentPlan]) -> list[Any]:
     }
     out = []
     for plan in plans:
-        flow = flows[plan.entrypoint.rsplit(":", 1)[1]]
         triggers = None
         if plan.trigger is not None:
             triggers = [
@@ -125,16 +125,37 @@ def cube_deployments(plans: list[DeploymentPlan]) -> list[Any]:
             concurrency = ConcurrencyLimitConfig(
                 limit=plan.concurrency, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
             )
-        out.append(
-            flow.to_deployment(
-                name=plan.name,
-                parameters=plan.parameters,
-                cron=plan.cron,
-                triggers=triggers,
-                concurrency_limit=concurrency,
-                description=plan.description,
-                tags=["icefloe"],
-                entrypoint_type=EntrypointType.MODULE_PATH,  # runs from any directory: the flows are installed
-            )
-        )
+        arguments = {
+            "name": plan.name,
+            "parameters": plan.parameters,
+            "cron": plan.cron,
+            "triggers": triggers,
+            "concurrency_limit": concurrency,
+            "description": plan.description,
+            "tags": ["icefloe"],
+            "entrypoint_type": EntrypointType.MODULE_PATH,  # runs from any directory: the flows are installed
+        }
+        out.append((flows[plan.entrypoint.rsplit(":", 1)[1]], arguments))
     return out
+
+
+def cube_deployments(plans: list[DeploymentPlan]) -> list[Any]:
+    """Prefect runner deployments for the plans (what ``prefect deploy`` would register)."""
+    return [flow.to_deployment(**arguments) for flow, arguments in _deployment_arguments(plans)]
+
+
+def serve_deployments(plans: list[DeploymentPlan], poll: float = 0.5) -> None:
+    """Register the plans' deployments and run their flow runs in this process's runner until stopped.
+
+    The runner is given the flows themselves (not just the deployments), so it starts each run from
+    the flow in memory -- through :mod:`flows.services.warm`'s fork server when that is in use --
+    instead of a ``python -m prefect.engine`` that imports everything again.
+    """
+    import asyncio
+
+    from prefect.runner import Runner
+
+    runner = Runner(name="icefloe", pause_on_shutdown=True, query_seconds=poll)
+    for flow, arguments in _deployment_arguments(plans):
+        runner.add_flow(flow, **arguments)
+    asyncio.run(runner.start())

@@ -33,6 +33,7 @@ from tasks.report import report_coverage, report_run
 __all__ = ["update_cube"]
 
 ATTEMPTS = 3
+COVERAGE_MIN = 100  # runs that place fewer objects leave the coverage map to the sweep, unless asked
 
 TASKS: dict[Step, Any] = {
     Step.OPEN: open_cube,
@@ -85,7 +86,11 @@ class TaskSteps:
 
 
 def update_cube(
-    spec_source: str, operation: Operation, urls: list[str] | None = None, keep: bool = False
+    spec_source: str,
+    operation: Operation,
+    urls: list[str] | None = None,
+    keep: bool = False,
+    coverage: bool | None = None,
 ) -> dict[str, Any]:
     """Run one update of the cube as tasks; returns the run's summary (the ``--json`` object).
 
@@ -120,7 +125,9 @@ def update_cube(
             finally:
                 run.close()
     report_run(summary, spec.name)
-    if summary.published:  # a run that moved nothing leaves the last map standing
+    if coverage is None:  # a run that moved nothing leaves the last map standing
+        coverage = summary.published and (operation == "build" or summary.ingested >= COVERAGE_MIN)
+    if coverage:
         report_coverage(spec)
     if summary.error:
         raise PublishBlocked(summary.error, summary.to_json())

@@ -46,5 +46,23 @@ def test_code_deployments_carry_triggers_schedules_and_limits() -> None:
     assert ingest.parameters == {"spec": SPEC}  # the trigger passes no URLs: each run drains what is pending
     for d in deployments.values():
         assert d.concurrency_limit == 1 and d.concurrency_options.collision_strategy.value == "ENQUEUE"
-    assert deployments["oae-efficiency-sweep"].schedules[0].schedule.cron == "*/15 * * * *"
+    sweep = deployments["oae-efficiency-sweep"]
+    assert sweep.schedules[0].schedule.cron == "*/15 * * * *"
+    assert sweep.parameters == {"spec": SPEC, "coverage": True}  # the sweep draws the coverage map
     assert not deployments["oae-efficiency-build"].schedules
+
+
+def test_the_warm_fork_server_imports_no_icechunk() -> None:
+    """A process forked after ``import icechunk`` hangs on its first repository call: the fork server's
+    imports must leave it out (each flow run imports it itself)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, sys\n"
+        "from flows.services.warm import PRELOAD\n"
+        "for name in PRELOAD: importlib.import_module(name)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'icechunk'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]", out.stdout
