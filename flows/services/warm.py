@@ -86,5 +86,5 @@ def use_warm_processes(preload: list[str] | None = None) -> multiprocessing.cont
     from multiprocessing import forkserver
 
     forkserver.ensure_running()
-    prefect.flow_engine.multiprocessing = _WarmMultiprocessing(context)  # type: ignore[attr-defined]
+    prefect.flow_engine.multiprocessing = _WarmMultiprocessing(context)  # type: ignore[assignment]
     return context
