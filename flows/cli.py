@@ -464,7 +464,7 @@ def serve(
         if warm:
             from flows.services.warm import use_warm_processes
 
-            use_warm_processes()
+            use_warm_processes(expectations=bool(loaded.checks.expectations))
         serve_deployments(plans, poll=poll)
 
 

@@ -27,7 +27,6 @@ __all__ = [
     "check_expectation_types",
     "coordinate_findings",
     "coordinate_names",
-    "default_expectations",
     "file_findings",
     "new_value_owners",
 ]
@@ -80,14 +79,6 @@ def check_expectation_types(expectations: Sequence[Expectation]) -> None:
         except Exception as error:
             message = str(error).splitlines()[0]
             raise SpecError(f"expectation {e.type} on '{e.variable}': {message}", key="checks.expectations") from None
-
-
-def default_expectations(schema: CubeSchema) -> list[tuple[str, str, dict[str, Any]]]:
-    out: list[tuple[str, str, dict[str, Any]]] = []
-    for dim in schema.concat:
-        out.append(("expect_column_values_to_not_be_null", dim, {}))
-        out.append(("expect_column_values_to_be_unique", dim, {}))
-    return out
 
 
 def _validator() -> Any:
@@ -177,18 +168,15 @@ def coordinate_findings(
     schema: CubeSchema,
     expectations: Sequence[Expectation],
     owners: Owners | None = None,
-    defaults: bool = True,
 ) -> list[Finding]:
-    """Expectations on the cube's decoded coordinates (``values_of``: name → values).
+    """The spec's expectations on the cube's decoded coordinates (``values_of``: name → values).
 
     A failure on values that files of this run brought (``owners`` says which) belongs to those files;
     a failure on values the cube already had, or one no value can be blamed for (an aggregate), is
     the cube's and blocks the publish.
     """
     coords = coordinate_names(schema)
-    wanted = (default_expectations(schema) if defaults else []) + [
-        (e.type, e.variable, e.kwargs) for e in expectations if e.variable in coords
-    ]
+    wanted = [(e.type, e.variable, e.kwargs) for e in expectations if e.variable in coords]
     findings = []
     for kind, variable, kwargs in wanted:
         if variable not in values_of:

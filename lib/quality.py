@@ -131,6 +131,7 @@ def structural_findings(
             continue
         coordinate = array_at(root, dim)
         values = np.asarray(coordinate[...])
+        findings += _missing_or_repeated(dim, values)
         if dim in monotonic and values.size > 1 and not np.all(values[1:] > values[:-1]):
             bad = int(np.argmax(values[1:] <= values[:-1]))
             findings.append(
@@ -162,6 +163,32 @@ def structural_findings(
             findings.append(Finding("shape", CUBE, f"array '{var.path}' has shape {got}; the axes say {want}"))
         elif tuple(dims or ()) != cube_dims(var, schema):
             findings.append(Finding("shape", CUBE, f"array '{var.path}' has dims {dims}"))
+    return findings
+
+
+def _missing_or_repeated(dim: str, values: np.ndarray) -> list[Finding]:
+    """Every concat coordinate: no missing values (NaN, NaT), none repeated."""
+    findings = []
+    missing = np.isnan(values) if values.dtype.kind in "fcmM" else np.zeros(values.shape, bool)
+    if missing.any():
+        where = np.flatnonzero(missing)
+        findings.append(
+            Finding(
+                "missing",
+                CUBE,
+                f"coordinate '{dim}' has {where.size} missing value(s), first at position {int(where[0])}",
+            )
+        )
+    unique, counts = np.unique(values[~missing], return_counts=True)
+    if (counts > 1).any():
+        repeated = unique[counts > 1]
+        findings.append(
+            Finding(
+                "unique",
+                CUBE,
+                f"coordinate '{dim}' repeats {repeated.size} value(s), e.g. {repeated[0]!r}",
+            )
+        )
     return findings
 
 

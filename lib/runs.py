@@ -180,10 +180,10 @@ class CubeRun:
         size = self.spec.execution.batch_size
         pending = self.discovery.pending
         self.batches = [pending[i : i + size] for i in range(0, len(pending), size)]
-        if self.write and pending:
+        if self.write and pending and self.spec.checks.expectations:
             from lib.expectations import preload
 
-            preload()  # the checks need Great Expectations (seconds to import); import it while the run parses
+            preload()  # the expectations need Great Expectations (seconds to import): import it while the run parses
         s = self.summary
         s.discovered = self.discovery.discovered
         s.unchanged = len(self.discovery.unchanged) + len(self.discovery.known_bad)
@@ -276,7 +276,7 @@ class CubeRun:
             return {}
         values = planned_coordinates(schema, plan.axes)
         owners = new_value_owners(schema, None if plan.fresh else self.state.axes, plan.axes, plan.placements.values())
-        findings = coordinate_findings(values, schema, self.spec.checks.expectations, owners, defaults=False)
+        findings = coordinate_findings(values, schema, self.spec.checks.expectations, owners)
         self.findings += [f for f in findings if f.scope == CUBE]
         return {u: f.message for f in findings if f.scope == FILE for u in f.urls}
 

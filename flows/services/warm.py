@@ -23,7 +23,7 @@ import multiprocessing
 import multiprocessing.context
 from typing import Any
 
-__all__ = ["PRELOAD", "use_warm_processes"]
+__all__ = ["EXPECTATIONS", "PRELOAD", "use_warm_processes"]
 
 # imported once by the fork server; nothing here may import icechunk (a test checks)
 PRELOAD = [
@@ -53,12 +53,14 @@ PRELOAD = [
     "anyio._backends._asyncio",
     "multiprocessing.synchronize",
     "rich._emoji_codes",
-    "great_expectations",
     "xarray",
     "zarr",
     "h5py",
     "obstore",
 ]
+
+
+EXPECTATIONS = ["great_expectations"]  # only for cubes whose spec lists expectations (~100 MB)
 
 
 class _WarmMultiprocessing:
@@ -74,15 +76,19 @@ class _WarmMultiprocessing:
         return getattr(multiprocessing, name)
 
 
-def use_warm_processes(preload: list[str] | None = None) -> multiprocessing.context.BaseContext:
+def use_warm_processes(
+    preload: list[str] | None = None, expectations: bool = False
+) -> multiprocessing.context.BaseContext:
     """Make this process's Prefect runner start flow runs from a warm fork server; returns its context.
 
-    The fork server starts now, so its imports are paid before the first event, not during it.
+    The fork server imports ``preload`` (by default :data:`PRELOAD`, and Great Expectations when the
+    cube has ``expectations``) as soon as it starts, before the first event.
     """
     import prefect.flow_engine
 
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(preload if preload is not None else PRELOAD))
+    modules = list(preload if preload is not None else PRELOAD) + (EXPECTATIONS if expectations else [])
+    context.set_forkserver_preload(modules)
     from multiprocessing import forkserver
 
     forkserver.ensure_running()

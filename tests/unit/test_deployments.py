@@ -60,8 +60,8 @@ def test_the_warm_fork_server_imports_no_icechunk() -> None:
 
     code = (
         "import importlib, sys\n"
-        "from flows.services.warm import PRELOAD\n"
-        "for name in PRELOAD: importlib.import_module(name)\n"
+        "from flows.services.warm import EXPECTATIONS, PRELOAD\n"
+        "for name in PRELOAD + EXPECTATIONS: importlib.import_module(name)\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'icechunk'))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)

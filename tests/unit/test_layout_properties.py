@@ -178,6 +178,7 @@ def test_on_a_regular_axis_what_is_placed_has_no_gap_and_the_rest_waits_or_is_re
     layout = plan_layout(entries, schema(chunk), rules=Rules(regular=frozenset({"time"})))
     assert_layout_invariants(layout, chunk, entries)
     axis = layout.axes.concat["time"]
-    assert np.all(np.diff(axis) == 1), f"a gap on a regular axis: {axis}"
+    # one step all along; which step is the files' to say (values 0 and 2 alone make a step of 2)
+    assert len(set(np.diff(axis).tolist())) <= 1, f"a gap on a regular axis: {axis}"
     for url, reason in layout.deferred.items():
         assert "waits for" in reason and url not in layout.placements

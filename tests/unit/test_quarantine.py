@@ -14,7 +14,7 @@ from lib import quality
 from lib.errors import StorageError
 from lib.pipeline import Step, run_steps
 from lib.runs import CubeRun
-from tests.helpers import dataset, file_url, locations, make_spec, read_cube, run_cube, write_nc4
+from tests.helpers import dataset, file_url, locations, make_spec, open_repo, read_cube, run_cube, write_nc4
 
 
 def bad_ds(**kw: object) -> xr.Dataset:
@@ -273,3 +273,39 @@ def test_a_store_failure_during_the_spot_check_is_retried_not_blamed_on_the_file
         run.close()
     assert sorted(u for f in findings for u in f["urls"]) == sorted(file_url(f) for f in files)
     assert all("could not be read back with its own library (OSError" in f["message"] for f in findings)
+
+
+@pytest.mark.parametrize("damage", ["missing", "repeated"])
+def test_a_concat_coordinate_with_missing_or_repeated_values_fails_the_structural_checks(
+    workdir: Path, damage: str
+) -> None:
+    """Every cube's concat coordinates are checked for missing and repeated values (no expectation needed)."""
+    import zarr
+
+    from lib.ledger import read_schema
+    from lib.quality import structural_findings
+    from lib.state import read_axes
+
+    for day in range(3):
+        write_nc4(workdir / "archive" / f"day_{day}.nc", dataset(day))
+    spec = make_spec(workdir, "day_*.nc")
+    assert run_cube(spec).exit_code == 0
+    session = open_repo(spec).writable_session("main")
+    time = zarr.open_array(session.store, path="time", mode="r+")
+    values = time[...]
+    if damage == "missing":
+        values = values.astype("f8")
+        values[1] = np.nan
+        time = zarr.create_array(session.store, name="time", data=values, overwrite=True)
+    else:
+        values[2] = values[1]
+        time[...] = values
+    schema = read_schema(session.store)
+    assert schema is not None
+    found = structural_findings(session.store, schema, read_axes(session.store, schema), ("time",), ())
+    kinds = {f.check for f in found}
+    assert damage in kinds if damage == "missing" else "unique" in kinds, found
+    clean = structural_findings(
+        open_repo(spec).readonly_session(branch="main").store, schema, read_axes(session.store, schema), ("time",), ()
+    )
+    assert not [f for f in clean if f.check in ("missing", "unique")]
