@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import parse
 
 from lib.errors import SpecError, store_error
+from lib.listing import ObjectSpool, SpooledObjects
 
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
@@ -183,16 +184,21 @@ def _source_object(url: str, meta: Any, values: dict[str, int | str]) -> SourceO
 
 
 class Listing(NamedTuple):
-    """What a listing found: the matching objects, the matching URLs that cannot be used (unsafe
-    keys), and how many objects were listed in all (matching or not)."""
+    """What a listing found: the matching objects (in a spool, iterated sorted by field values then
+    URL), the matching URLs that cannot be used (unsafe keys), and how many objects were listed in all
+    (matching or not)."""
 
-    objects: list[SourceObject]
+    objects: ObjectSpool
     unsafe: list[str]
     listed: int
 
 
-def list_sources(source_url: str, store: ObjectStore, pattern: Pattern) -> Listing:
-    """List the objects under ``source_url`` that match ``pattern``, sorted by field values then URL.
+def list_sources(
+    source_url: str, store: ObjectStore, pattern: Pattern, spool: ObjectSpool | None = None, shard: Any = None
+) -> Listing:
+    """List the objects under ``source_url`` that match ``pattern`` into ``spool`` (a new one in
+    memory by default), a page at a time: the listing's memory does not grow with the source.
+    ``shard(url)`` files each object under its ledger shard, for :func:`classify_objects`.
 
     Raises
     ------
@@ -201,7 +207,7 @@ def list_sources(source_url: str, store: ObjectStore, pattern: Pattern) -> Listi
     """
     import obstore
 
-    found: list[SourceObject] = []
+    spool = spool if spool is not None else ObjectSpool()
     unsafe: list[str] = []
     listed = 0
     # a local source: a symlink must not lead outside it
@@ -209,6 +215,7 @@ def list_sources(source_url: str, store: ObjectStore, pattern: Pattern) -> Listi
     try:
         for batch in obstore.list(store, prefix=pattern.prefix or None, chunk_size=10_000):
             listed += len(batch)
+            found = []
             for meta in batch:
                 path = meta["path"]
                 values = pattern.match(path)
@@ -219,12 +226,12 @@ def list_sources(source_url: str, store: ObjectStore, pattern: Pattern) -> Listi
                     unsafe.append(url)
                     continue
                 found.append(_source_object(url, meta, values))
+            spool.add(found, shard)
     except FileNotFoundError as e:
         raise SpecError(f"{source_url} does not exist: check source.url", key="source.url") from e
     except Exception as e:  # obstore raises its own error types for network and permission failures
         raise store_error(f"cannot list {source_url}", e, f"{type(e).__name__}: {e}") from e
-    found.sort(key=lambda o: (tuple(v for _, v in o.fields), o.url))
-    return Listing(found, unsafe, listed)
+    return Listing(spool, unsafe, listed)
 
 
 def check_source(source_url: str) -> None:
@@ -306,39 +313,70 @@ def head_sources(
 
 @dataclass
 class Discovery:
-    """Objects sorted against the ledger: what a run has to do."""
+    """Objects sorted against the ledger: what a run has to do. Each group is a view of the run's
+    spool of objects (iterated in run order, counted with ``len``), except the unsafe URLs."""
 
-    pending: list[SourceObject] = field(default_factory=list)
-    unchanged: list[SourceObject] = field(default_factory=list)
-    changed: list[SourceObject] = field(default_factory=list)
-    known_bad: list[SourceObject] = field(default_factory=list)
+    pending: SpooledObjects
+    unchanged: SpooledObjects
+    changed: SpooledObjects
+    known_bad: SpooledObjects
     unsafe: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, spool: ObjectSpool) -> Discovery:
+        def view(state: str) -> SpooledObjects:
+            return SpooledObjects(spool, state)
+
+        return cls(view(PENDING), view(UNCHANGED), view(CHANGED), view(KNOWN_BAD))
+
+    @classmethod
+    def empty(cls) -> Discovery:
+        return cls.of(ObjectSpool())
 
     @property
     def discovered(self) -> int:
         return len(self.pending) + len(self.unchanged) + len(self.changed) + len(self.known_bad) + len(self.unsafe)
 
 
+PENDING, UNCHANGED, CHANGED, KNOWN_BAD, IGNORED = "pending", "unchanged", "changed", "known_bad", "ignored"
+
+
 def classify_objects(
-    objects: Iterable[SourceObject], ledger: Mapping[str, Any], *, replace: bool = False, only: set[str] | None = None
+    objects: Iterable[SourceObject] | ObjectSpool,
+    ledger: Mapping[str, Any],
+    *,
+    replace: bool = False,
+    only: set[str] | None = None,
 ) -> Discovery:
-    """Sort listed objects against the ledger's current rows (url → row with etag and status).
+    """Sort objects against the ledger's current rows (url → row with etag and status).
 
     Objects in the cube at the same etag are unchanged; at another etag they are changed (pending
     only with ``replace``). Objects quarantined at the same etag are not retried. With ``only``,
-    objects outside that set of URLs are left out entirely.
+    objects outside that set of URLs are left out entirely. A spool filled with its objects' ledger
+    shards is sorted a shard at a time, so only one shard of a large ledger is held at once.
     """
-    out = Discovery()
-    for obj in objects:
-        if only is not None and obj.url not in only:
-            continue
-        row = ledger.get(obj.url)
-        if row is None or row.status in ("removed", "deferred"):  # deferred objects are tried by every run
-            out.pending.append(obj)
-        elif row.etag != obj.etag:
-            (out.pending if replace or row.status == "quarantined" else out.changed).append(obj)
-        elif row.status == "quarantined":
-            out.known_bad.append(obj)
-        else:
-            out.unchanged.append(obj)
-    return out
+    if isinstance(objects, ObjectSpool):
+        spool = objects
+    else:
+        spool = ObjectSpool()
+        spool.add(objects)
+    forget = getattr(ledger, "forget", None)
+    for _, group in spool.by_shard():
+        states = []
+        for url, etag in group:
+            row = ledger.get(url)
+            if only is not None and url not in only:
+                state = IGNORED
+            elif row is None or row.status in ("removed", "deferred"):  # deferred objects are tried by every run
+                state = PENDING
+            elif row.etag != etag:
+                state = PENDING if replace or row.status == "quarantined" else CHANGED
+            elif row.status == "quarantined":
+                state = KNOWN_BAD
+            else:
+                state = UNCHANGED
+            states.append((state, row is not None, url))
+        spool.set_states(states)
+        if forget is not None:
+            forget()  # the next shard's rows replace this one's
+    return Discovery.of(spool)

@@ -137,6 +137,15 @@ class LedgerIndex(Mapping[str, LedgerRow]):
         new = sum(1 for url in self.tail if url not in self._url_shard(shard_of(url, self.shards)))
         return self.objects + new
 
+    def shard(self, url: str) -> int:
+        """The URL shard a URL is in (0 while the cube has no index)."""
+        return shard_of(url, self.shards) if self.shards else 0
+
+    def forget(self) -> None:
+        """Drop the shards read so far (a caller going through the objects a shard at a time)."""
+        self._url_shards.clear()
+        self._cell_shards.clear()
+
     def rows(self) -> Iterator[LedgerRow]:
         """Every object's current row, a shard at a time (a shard's rows are dropped once yielded)."""
         for shard in range(self.shards):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from lib.discovery import (
     HEAD_LIMIT,
+    PENDING,
     Discovery,
     SourceObject,
     check_named_urls,
@@ -29,6 +30,7 @@ from lib.errors import PublishBlocked, SpecError, StorageError, storage_step
 from lib.executors import Executor, make_executor
 from lib.layout import Rules
 from lib.ledger import INGESTED, QUARANTINED
+from lib.listing import ObjectSpool, SpooledBatch
 from lib.local.faults import checkpoint
 from lib.memory import release
 from lib.parsing import ParseOptions, SourceConfig
@@ -95,8 +97,8 @@ class CubeRun:
         self.started_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.repo: icechunk.Repository | None = None
         self.state: CubeState | None = None
-        self.discovery = Discovery()
-        self.batches: list[list[SourceObject]] = []
+        self.discovery = Discovery.empty()
+        self.batches: list[SpooledBatch] = []
         self.parsed: list[ParsedBatch] = []
         self.plan_: Plan | None = None
         self.findings: list[Finding] = []
@@ -120,6 +122,7 @@ class CubeRun:
         return self._executor
 
     def close(self) -> None:
+        self.discovery.pending.spool.close()
         if self._executor is not None:
             self._executor.close()
         if self._spool is not None:
@@ -151,23 +154,25 @@ class CubeRun:
         store = object_store(self.spec.source.url, self.spec.source.storage)
         missing: list[str] = []
         listed: int | None = None
+        objects = ObjectSpool(self.spool.path)  # on disk: a listing of the whole archive is not held in memory
         if self.urls is not None:
             check_named_urls(self.spec.source.url, self.pattern, self.urls)
         if self.urls is not None and len(self.urls) <= HEAD_LIMIT:  # a few named objects: no full listing
-            objects, unsafe, missing = head_sources(self.spec.source.url, store, self.pattern, self.urls)
+            found, unsafe, missing = head_sources(self.spec.source.url, store, self.pattern, self.urls)
+            objects.add(found, self.state.ledger.shard)
         else:
-            listing = list_sources(self.spec.source.url, store, self.pattern)
-            objects, unsafe, listed = listing.objects, listing.unsafe, listing.listed
+            listing = list_sources(self.spec.source.url, store, self.pattern, objects, self.state.ledger.shard)
+            unsafe, listed = listing.unsafe, listing.listed
             if self.urls is not None:  # a named run reports (and quarantines) only the unsafe keys it named
                 unsafe = [u for u in unsafe if u in self.urls]
-                missing = sorted(self.urls - {o.url for o in objects} - set(unsafe))
+                missing = sorted(u for u in self.urls - set(unsafe) if objects.get(u) is None)
         if missing:
             raise SpecError(
                 f"{len(missing)} named object(s) are not in the source {self.spec.source.url}: "
                 + ", ".join(missing[:3])
                 + (" ..." if len(missing) > 3 else "")
             )
-        if listed is not None and not objects and not unsafe:
+        if listed is not None and not len(objects) and not unsafe:
             nothing = (
                 f"the pattern {self.pattern.text!r} matches none of the {listed} object(s) listed under "
                 f"{self.spec.source.url}"
@@ -177,9 +182,9 @@ class CubeRun:
             self.summary.notes.append(nothing)
         self.discovery = classify_objects(objects, self.state.ledger, replace=not self.keep, only=self.urls)
         self.discovery.unsafe = unsafe
-        size = self.spec.execution.batch_size
         pending = self.discovery.pending
-        self.batches = [pending[i : i + size] for i in range(0, len(pending), size)]
+        sizes = objects.number_batches(PENDING, self.spec.execution.batch_size)
+        self.batches = [SpooledBatch(objects, b, n) for b, n in enumerate(sizes)]
         if self.write and pending and self.spec.checks.expectations:
             from lib.expectations import preload
 
@@ -188,7 +193,7 @@ class CubeRun:
         s.discovered = self.discovery.discovered
         s.unchanged = len(self.discovery.unchanged) + len(self.discovery.known_bad)
         s.previously_quarantined = len(self.discovery.known_bad)
-        s.changed = [o.url for o in self.discovery.changed]
+        s.changed = list(self.discovery.changed.urls())
         return {"discovered": s.discovered, "pending": len(pending), "batches": len(self.batches)}
 
     @storage_step
@@ -201,7 +206,7 @@ class CubeRun:
             Some objects could not be read (after retries); the whole step may be retried.
         """
         result = parse_objects(
-            self.batches[batch], batch, self.source, self.options, self.executor, self.spool, self.pattern.fields
+            list(self.batches[batch]), batch, self.source, self.options, self.executor, self.spool, self.pattern.fields
         )
         if result.transient:
             reason = next(iter(result.transient.values()))
@@ -216,7 +221,7 @@ class CubeRun:
         """Validate every parsed object and lay out the cube; nothing is written."""
         assert self.state is not None
         checkpoint("parsed")
-        replacing = {o.url for o in self.discovery.pending if o.url in self.state.ledger}
+        replacing = set(self.discovery.pending.urls(replacing=True))
 
         def make(refused: dict[str, str] | None = None) -> Plan:
             assert self.state is not None
@@ -285,11 +290,10 @@ class CubeRun:
         spool, and the listing and the parse results are dropped, so memory stays flat as archives grow."""
         assert self.plan_ is not None
         refused = self.plan_.quarantined.keys() | self.plan_.deferred.keys()
-        self.refused_objects = {o.url: o for o in self.discovery.pending if o.url in refused}
+        found = ((url, self.discovery.pending.get(url)) for url in refused)
+        self.refused_objects = {url: obj for url, obj in found if obj is not None}
         self.plan_.spill(self.spool)
         self.parsed = []
-        self.batches = [[] for _ in self.batches]
-        self.discovery.pending = []
         release()
 
     @storage_step

@@ -124,3 +124,43 @@ def test_a_cube_written_before_the_index_gets_one_at_its_next_fold(store: icechu
 def test_cell_keys_keep_pattern_order() -> None:
     assert cell_key({"polygon": 1, "month": 2}) == cell_key([("polygon", 1), ("month", 2)])
     assert cell_key({"polygon": 1, "month": 2}) != cell_key({"month": 2, "polygon": 1})
+
+
+def test_a_listing_is_sorted_against_the_index_one_shard_at_a_time(
+    store: icechunk.IcechunkStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep over a large source holds one shard of the index at a time, and sorts as the log says."""
+    import datetime as dt
+
+    from lib.discovery import SourceObject, classify_objects
+    from lib.listing import ObjectSpool
+
+    rng = random.Random(11)
+    append_rows(store, [_row(rng, i) for i in range(80)])
+    fold_index(store)
+    index = LedgerIndex(store)
+    truth = read_ledger_index(store)
+    when = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    objects = [
+        SourceObject(url, row.etag if k % 3 else "new-etag", 1, when, tuple(row.fields.items()))
+        for k, (url, row) in enumerate(sorted(truth.items()))
+    ] + [SourceObject(f"s3://archive/member_0/n{k}.nc", "e", 1, when, (("member", 0),)) for k in range(5)]
+    held: list[int] = []
+    real_get = LedgerIndex.get
+
+    def watching(self: LedgerIndex, url: str, default: object = None) -> object:
+        found = real_get(self, url, default)
+        held.append(len(self._url_shards))
+        return found
+
+    monkeypatch.setattr(LedgerIndex, "get", watching)
+    spool = ObjectSpool()
+    spool.add(objects, index.shard)
+    streamed = classify_objects(spool, index)
+    assert max(held) == 1  # one shard of the index in memory at any time
+    monkeypatch.setattr(LedgerIndex, "get", real_get)
+    in_memory = classify_objects(objects, truth)  # the same objects against the log's rows, all in memory
+    for group in ("pending", "unchanged", "changed", "known_bad"):
+        assert [o.url for o in getattr(streamed, group)] == [o.url for o in getattr(in_memory, group)], group
+    assert streamed.discovered == len(objects)
+    assert [o.url for o in spool] == sorted(o.url for o in objects)  # run order: fields, then URL
