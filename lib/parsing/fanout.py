@@ -119,6 +119,9 @@ def _compact(entry: FileEntry, shared: dict[Any, Any]) -> None:
     # files of one cube mostly carry the same digests: one dict for all of them (never mutated)
     entry.shared = shared.setdefault(("shared", *sorted(entry.shared.items())), entry.shared)
     entry.cell = shared.setdefault(("cell", *sorted(entry.cell.items())), entry.cell)
+    entry.fields = shared.setdefault(("fields", entry.fields), entry.fields)  # one tuple per pattern cell
+    if entry.checksum == entry.etag:  # S3: the checksum is the ETag
+        entry.checksum = entry.etag
     for coord in entry.concat.values():
         key = repr(sorted(coord.attrs.items()))
         coord.attrs = shared.setdefault(key, coord.attrs)
