@@ -200,12 +200,13 @@ def plan(spec: SpecArg, as_json: JsonOpt = False, debug: DebugOpt = False) -> No
         try:
             run_steps(run, until=Step.PLAN)
             summary = run.finish()
+            pending = [o.url for o in run.discovery.pending]  # read from the run's spool, before it closes
         finally:
             run.close()
         placed = run.plan_.placements if run.plan_ else {}
         payload: dict[str, Any] = {
             "discovered": summary.discovered,
-            "pending": [o.url for o in run.discovery.pending],
+            "pending": pending,
             "would_ingest": sorted(placed),
             "unchanged": summary.unchanged,
             "changed": summary.changed,
