@@ -302,6 +302,7 @@ def status(
 ) -> None:
     """Coverage of the cube: per pattern cell the share of the axis present, what is missing, what was refused."""
     with _errors():
+        from lib.copies import copy_status
         from lib.coverage import coverage_png, measure_coverage
         from lib.repository import open_repository
 
@@ -311,11 +312,20 @@ def status(
             raise IcefloeError(f"no cube at {loaded.repo.url} yet: run `icefloe build {spec}` first")
         cov = measure_coverage(repo, loaded)
         payload = cov.to_json()
+        payload["copies"] = copy_status(repo.readonly_session(branch=loaded.repo.branch).store, loaded)
         if png is not None:
             png.write_bytes(coverage_png(cov, f"{loaded.name}: share of the axis present"))
             payload["png"] = str(png)
         if not as_json:
             coverage_table(cov, loaded.name)
+            for c in payload["copies"]:
+                if not c["made"]:
+                    console.print(f"native copy {escape(c['name'])}: not made yet (icefloe rechunk {spec} {c['name']})")
+                    continue
+                console.print(
+                    f"native copy {escape(c['name'])} ({', '.join(c['variables'])}): {100 * c['coverage']:.1f}% "
+                    f"of its chunks current, as of snapshot {c['current_to']}"
+                )
         _finish(payload, EXIT_OK)
 
 
@@ -382,6 +392,44 @@ def nativize(
         done = _run_flow(nativize_coords, False, spec=spec.read_text(encoding="utf-8"), variables=variable or None)
         if not as_json:
             console.print("stored natively: " + (", ".join(done["nativized"]) or "nothing to do"))
+        _finish(done, EXIT_OK)
+
+
+@app.command()
+def rechunk(
+    spec: SpecArg,
+    name: Annotated[list[str] | None, typer.Argument(help="Only these copies (default: all the spec lists).")] = None,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Create or bring up to date the spec's native copies: variables rewritten into native chunks of
+    the spec's choosing (native_copies), in the same repository, as the group /NAME.
+
+    Only what changed since a copy was written is rewritten; a rerun after a crash continues where it
+    stopped. Sampled chunks are compared bit for bit with the virtual data before main moves. Open a
+    copy with xr.open_zarr(store, group=NAME).
+    """
+    with _errors():
+        loaded = _load(spec)
+        for n in name or ():
+            loaded.native_copy(n)  # an unknown name is a usage error, before any I/O
+        if not loaded.native_copies:
+            from lib.runs import rechunk_cube
+
+            rechunk_cube(loaded, "rechunk")  # says what to add to the spec
+        _quiet_prefect(_debug)
+        from flows.rechunk_variables import rechunk_variables
+
+        done = _run_flow(
+            rechunk_variables, not as_json, spec=spec.read_text(encoding="utf-8"), names=list(name) if name else None
+        )
+        if not as_json:
+            for c in done["copies"]:
+                console.print(
+                    f"native copy [bold]{escape(c['name'])}[/]: {c['units']} of {c['total_units']} unit(s) written "
+                    f"({c['bytes'] / 2**20:.1f} MiB), {100 * c['coverage']:.0f}% current; "
+                    f"open with xr.open_zarr(store, group={c['name']!r})"
+                )
         _finish(done, EXIT_OK)
 
 

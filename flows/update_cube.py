@@ -28,6 +28,7 @@ from tasks.nativize import nativize_staging
 from tasks.parse import parse_batch
 from tasks.plan import plan_cube
 from tasks.publish import publish_cube
+from tasks.rechunk import rechunk_staging
 from tasks.report import report_coverage, report_run
 
 __all__ = ["update_cube"]
@@ -44,6 +45,7 @@ TASKS: dict[Step, Any] = {
     Step.COMMIT: commit_batch,
     Step.NATIVIZE: nativize_staging,
     Step.CHECK: check_staging,
+    Step.RECHUNK: rechunk_staging,
     Step.PUBLISH: publish_cube,
 }
 

@@ -2,7 +2,8 @@
 
 ::
 
-    open → discover → parse (per batch) → plan → prepare → commit (per batch) → nativize → check → publish
+    open → discover → parse (per batch) → plan → prepare → commit (per batch) → nativize → check → rechunk
+    → publish
 
 Each step is a method of :class:`~lib.runs.CubeRun` with the step's name. The Prefect flows run each
 step as a task (``flows/update_cube.py``); ``icefloe plan`` and the tests run them directly. All of
@@ -32,6 +33,7 @@ class Step(StrEnum):
     COMMIT = "commit"  # one batch's references and ledger rows: one staging commit
     NATIVIZE = "nativize"  # optionally store small referenced coordinates natively
     CHECK = "check"  # structural checks, spot check, expectations; file findings taken out
+    RECHUNK = "rechunk"  # bring the native copies along with what changed, and compare them with it
     PUBLISH = "publish"  # compare-and-swap main to the checked snapshot
 
 

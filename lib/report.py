@@ -13,7 +13,7 @@ __all__ = ["EXIT_BAD_SPEC", "EXIT_DRIFT", "EXIT_FAILED", "EXIT_OK", "EXIT_QUARAN
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_SPEC, EXIT_QUARANTINED, EXIT_DRIFT = 0, 1, 2, 3, 4
 
-Operation = Literal["build", "ingest", "nativize"]  # what a run does; recorded in its commits
+Operation = Literal["build", "ingest", "nativize", "rechunk"]  # what a run does; recorded in its commits
 
 
 @dataclass

@@ -369,6 +369,35 @@ class CubeRun:
         return [f.to_json() for f in self.findings]
 
     @storage_step
+    def rechunk(self) -> list[dict[str, Any]]:
+        """Rewrite the units of the cube's native copies that this run's changes touched, in staging
+        commits, and compare sampled units with the virtual data: a mismatch blocks the publish.
+
+        An update brings along the copies the cube has (``icefloe rechunk`` makes them); a full build
+        makes anew those main had.
+        """
+        from lib.copies import read_record, stage_copies
+
+        assert self.state is not None
+        if self.repo is None or not self.spec.native_copies or any(f.scope == CUBE for f in self.findings):
+            return []
+        if self.repo.lookup_branch(self.spec.repo.staging) == self.state.main:
+            return []
+        copies = list(self.spec.native_copies)
+        create = self.state.fresh and bool(self.state.main)
+        if create:
+            main = self.repo.readonly_session(snapshot_id=self.state.main).store
+            copies = [c for c in copies if read_record(main, c.name) is not None]
+        results = stage_copies(self.repo, self.spec, self.state, self.info, self.executor, copies, create=create)
+        for r in results:
+            self.summary.notes.append(
+                f"native copy {r.name}: {r.units} of {r.total_units} unit(s) written ({r.bytes / 2**20:.1f} MiB)"
+            )
+            self.findings += [Finding("native-copy", CUBE, p) for p in r.problems]
+        self.staged = self.repo.lookup_branch(self.spec.repo.staging)
+        return [r.to_json() for r in results]
+
+    @storage_step
     def publish(self) -> str | None:
         """Fast-forward main to the checked snapshot (compare-and-swap); returns main's tip.
 
@@ -495,3 +524,66 @@ def nativize_cube(
         snapshot = stage_run_record(repo, spec, state, info, started, time.monotonic() - clock)
         publish(repo, spec, snapshot, state.main)
     return {"nativized": done, "snapshot": repo.lookup_branch(spec.repo.branch), "published": snapshot is not None}
+
+
+def rechunk_cube(
+    spec: Spec,
+    run_id: str,
+    flow_run: str | None = None,
+    names: list[str] | None = None,
+    progress: Any = None,
+    **tuning: Any,
+) -> dict[str, Any]:
+    """Create the spec's native copies (or ``names`` of them), or bring them up to date, and publish.
+
+    Resumable: a rerun after a crash continues from the units the interrupted run committed to
+    staging. The written units are compared with the virtual data before anything is published.
+    ``tuning`` goes to :func:`~lib.copies.stage_copies` (``round_calls``, ``task_bytes``).
+
+    Raises
+    ------
+    SpecError
+        The spec lists no native copies, or none called one of ``names``, or a copy does not fit the cube.
+    IcefloeError
+        There is no cube yet.
+    PublishBlocked
+        A copy differs from the virtual data: main did not move.
+    ConflictError
+        Another writer moved main or staging meanwhile.
+    """
+    from lib.copies import stage_copies
+    from lib.errors import IcefloeError
+
+    if not spec.native_copies:
+        raise SpecError(
+            "the spec lists no native_copies: add one, e.g. native_copies: [{name: ts, variables: [VAR], "
+            "chunks: {time: 365}}]",
+            key="native_copies",
+        )
+    copies = [spec.native_copy(n) for n in names] if names else list(spec.native_copies)
+    repo = open_repository(spec)
+    if repo is None:
+        raise IcefloeError(f"no cube at {spec.repo.url} yet: run `icefloe build` first")
+    info = RunInfo(run_id=run_id, operation="rechunk", flow_run=flow_run)
+    state = read_cube_state(repo, spec, "rechunk")
+    if state.schema is None:
+        raise IcefloeError(f"the cube at {spec.repo.url} has no data yet: run `icefloe build` first")
+    started, clock = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), time.monotonic()
+    with make_executor(spec.execution) as executor:
+        results = stage_copies(repo, spec, state, info, executor, copies, create=True, progress=progress, **tuning)
+    problems = [p for r in results for p in r.problems]
+    staged = repo.lookup_branch(spec.repo.staging)
+    if problems:
+        reset_branch(repo, spec.repo.staging, state.main, expected=staged)
+        raise PublishBlocked("native copy check failed, main was not moved: " + "; ".join(problems[:3]))
+    published = staged != state.main
+    if published:
+        staged = stage_run_record(repo, spec, state, info, started, time.monotonic() - clock)
+        publish(repo, spec, staged, state.main)
+    return {
+        "copies": [r.to_json() for r in results],
+        "snapshot": repo.lookup_branch(spec.repo.branch),
+        "published": published,
+        "resumed": state.resumed,
+        "seconds": round(time.monotonic() - clock, 3),
+    }

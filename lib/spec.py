@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lib.errors import SpecError
 
-__all__ = ["Spec", "load_spec", "spec_digest"]
+__all__ = ["NativeCopy", "Spec", "load_spec", "spec_digest"]
 
 
 class _Frozen(BaseModel):
@@ -210,6 +210,43 @@ class Checks(_Frozen):
         return value
 
 
+_CODECS = re.compile(r"^(zstd|zlib)(?::(\d{1,2}))?$|^none$")
+
+
+class NativeCopy(_Frozen):
+    """Variables rewritten into native chunks of the user's choosing, in the group ``/{name}`` of the
+    same repository (``icefloe rechunk``). Dims not named in ``chunks`` keep the virtual chunking."""
+
+    name: str
+    variables: Annotated[tuple[str, ...], Field(min_length=1)]
+    chunks: dict[str, Annotated[int, Field(ge=1)]] = {}
+    codecs: str = "zstd"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,62}", value):
+            raise ValueError(f"must start with a letter and hold letters, digits, '-' or '_', got {value!r}")
+        return value
+
+    @field_validator("variables")
+    @classmethod
+    def _root_variables(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        nested = [v for v in value if "/" in v]
+        if nested:
+            raise ValueError(f"only variables of the root group can be copied, got {nested[0]!r}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"lists a variable twice: {list(value)}")
+        return value
+
+    @field_validator("codecs")
+    @classmethod
+    def _codecs(cls, value: str) -> str:
+        if not _CODECS.match(value):
+            raise ValueError(f"must be zstd, zstd:LEVEL, zlib, zlib:LEVEL or none, got {value!r}")
+        return value
+
+
 class Spec(_Frozen):
     """One cube: where its objects come from, how they combine, where the cube lives."""
 
@@ -217,6 +254,7 @@ class Spec(_Frozen):
     source: Source
     concat: tuple[str, ...] = ()
     rectilinear: tuple[str, ...] = ()
+    native_copies: tuple[NativeCopy, ...] = ()
     variables: Variables = Variables()
     repo: Repo
     execution: Execution = Execution()
@@ -242,7 +280,24 @@ class Spec(_Frozen):
         stray = sorted(set(self.rectilinear) - set(self.concat))
         if stray:
             raise ValueError(f"rectilinear lists {stray}, which concat does not: only concat dims can be rectilinear")
+        names = [c.name for c in self.native_copies]
+        if len(set(names)) != len(names):
+            raise ValueError(f"native_copies names a copy twice: {names}")
         return self
+
+    def native_copy(self, name: str) -> NativeCopy:
+        """The copy called ``name``.
+
+        Raises
+        ------
+        SpecError
+            The spec has no such copy.
+        """
+        for copy in self.native_copies:
+            if copy.name == name:
+                return copy
+        known = ", ".join(c.name for c in self.native_copies) or "none"
+        raise SpecError(f"the spec has no native copy {name!r} (its copies: {known})", key="native_copies")
 
     @property
     def repo_storage(self) -> StorageOptions | None:

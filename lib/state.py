@@ -46,6 +46,9 @@ class CubeState:
     spec_digest: str = ""
 
 
+RESUMES = {"rechunk": ("rechunk",)}  # what a run of each kind may take over (an ingest: anything; others: a build)
+
+
 def run_metadata(snapshot_info: Any) -> dict[str, Any]:
     """The icefloe part of a commit's metadata (empty for commits icefloe did not make)."""
     meta = dict(getattr(snapshot_info, "metadata", None) or {})
@@ -100,7 +103,7 @@ def read_cube_state(repo: icechunk.Repository, spec: Spec, operation: Operation)
         tips.staging != tips.main
         and meta.get("main_at_start") == tips.main
         and meta.get("spec") == digest
-        and (operation == "ingest" or meta.get("operation") == "build")
+        and (operation == "ingest" or meta.get("operation") in RESUMES.get(operation, ("build",)))
     )
     staging = tips.staging
     if not resumable and staging != tips.main:

@@ -22,6 +22,7 @@ POINTS = (
     "staging-committed",  # every batch committed to staging, no check run
     "checks-done",  # checks run (and quarantines committed), main not moved
     "publishing",  # about to move main
+    "copy-round",  # a native copy's first round of units committed to staging, the rest not written
 )
 
 
