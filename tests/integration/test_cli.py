@@ -99,6 +99,41 @@ def test_plan_build_log_through_the_cli(prefect_server: str, icefloe_cli: str, d
     xr.testing.assert_identical(cube.DIC.sel(polygon=0, month=1, time=one.time, drop=True).load(), one.DIC)
 
 
+def test_rechunk_status_and_log_through_the_cli(prefect_server: str, icefloe_cli: str, demo_archive: Path) -> None:
+    """A native copy made through the flow on the Prefect server, shown by status and log, kept by ingests."""
+    code, _, err = icefloe(icefloe_cli, "build", str(demo_archive), "--json")
+    assert code == 3, err
+    code, out, _ = icefloe(icefloe_cli, "rechunk", str(demo_archive), "--json")
+    assert code == 2 and out["key"] == "native_copies" and "lists no native_copies" in out["error"]
+    demo_archive.write_text(
+        demo_archive.read_text()
+        + "native_copies:\n  - {name: dic_ts, variables: [DIC], chunks: {time: 4, lat: 16, lon: 16}, codecs: zstd:5}\n"
+    )
+    code, out, _ = icefloe(icefloe_cli, "rechunk", str(demo_archive), "nosuch", "--json")
+    assert code == 2 and "no native copy 'nosuch'" in out["error"]
+
+    code, out, err = icefloe(icefloe_cli, "rechunk", str(demo_archive), "--json")
+    assert code == 0 and out["published"], err
+    [made] = out["copies"]
+    assert (made["name"], made["units"], made["total_units"], made["problems"]) == ("dic_ts", 4, 4, [])
+    spec = load_spec(demo_archive)
+    repo = __import__("tests.helpers").helpers.open_repo(spec)
+    store = repo.readonly_session(branch="main").store
+    copy = xr.open_zarr(store, group="dic_ts", consolidated=False, chunks=None)
+    xr.testing.assert_identical(copy.DIC, read_cube(spec).DIC.load())  # quarantined file's place: fill in both
+
+    code, status, err = icefloe(icefloe_cli, "status", str(demo_archive), "--json")
+    assert code == 0, err
+    [shown] = status["copies"]
+    assert shown["made"] and shown["coverage"] == 1.0 and shown["current_to"] and shown["codecs"] == "zstd:5"
+    code, _, err = icefloe(icefloe_cli, "status", str(demo_archive))
+    assert "native copy dic_ts (DIC): 100.0% of its chunks current" in err
+    code, history, err = icefloe(icefloe_cli, "log", str(demo_archive), "--json")
+    assert code == 0 and history["runs"][0]["operation"] == "rechunk", err
+    artifacts = run_artifacts(history["runs"][0]["flow_run"])
+    assert "dic_ts" in artifacts["demo-rechunk"]  # the table of copies in the Prefect UI
+
+
 def test_spec_and_usage_errors_exit_2_with_json(icefloe_cli: str, demo_archive: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(demo_archive.read_text() + "sourse: typo\n")
@@ -123,7 +158,7 @@ def test_a_missing_local_source_exits_2_with_one_line(icefloe_cli: str, tmp_path
 def test_help_explains_every_command(icefloe_cli: str) -> None:
     p = subprocess.run([icefloe_cli, "--help"], capture_output=True, text=True)
     assert p.returncode == 0
-    for command in ("build", "ingest", "plan", "log", "demo"):
+    for command in ("build", "ingest", "plan", "log", "demo", "rechunk"):
         assert command in p.stdout
     p = subprocess.run([icefloe_cli, "build", "--help"], capture_output=True, text=True)
     assert "--json" in p.stdout and "spec" in p.stdout.lower()
@@ -145,6 +180,11 @@ def test_demo_runs_end_to_end(prefect_server: str, icefloe_cli: str, tmp_path: P
     exec(months["open"], namespace)
     assert namespace["cube"].DIC.shape == (2, 31 + 29 + 31, 16, 16)
     assert namespace["cube"].DIC.encoding["chunks"][1] == (31, 29, 31)
+    copy = out["copy"]  # a time-series copy of DIC, made after the build and kept along by the ingest
+    assert [c["problems"] for c in copy["rechunk"]["copies"]] == [[]]
+    assert any(n.startswith("native copy dic_ts: ") for n in ingest["notes"])
+    series = copy["point_series"]  # equal values (the demo compares them), one chunk instead of one per file
+    assert (series["values"], series["virtual_chunks"], series["native_chunks"]) == (15, 15, 1)
 
 
 @pytest.mark.slow
