@@ -22,7 +22,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from flows.tables import Bars, console, coverage_table, summary_table
+from flows.tables import Bars, console, copies_lines, coverage_table, summary_table
 from lib.errors import IcefloeError, PublishBlocked, SpecError, store_failure
 from lib.memory import limit_arenas
 from lib.report import EXIT_BAD_SPEC, EXIT_DRIFT, EXIT_FAILED, EXIT_OK, EXIT_QUARANTINED
@@ -318,14 +318,7 @@ def status(
             payload["png"] = str(png)
         if not as_json:
             coverage_table(cov, loaded.name)
-            for c in payload["copies"]:
-                if not c["made"]:
-                    console.print(f"native copy {escape(c['name'])}: not made yet (icefloe rechunk {spec} {c['name']})")
-                    continue
-                console.print(
-                    f"native copy {escape(c['name'])} ({', '.join(c['variables'])}): {100 * c['coverage']:.1f}% "
-                    f"of its chunks current, as of snapshot {c['current_to']}"
-                )
+            copies_lines(payload["copies"], spec)
         _finish(payload, EXIT_OK)
 
 
@@ -410,26 +403,13 @@ def rechunk(
     copy with xr.open_zarr(store, group=NAME).
     """
     with _errors():
-        loaded = _load(spec)
-        for n in name or ():
-            loaded.native_copy(n)  # an unknown name is a usage error, before any I/O
-        if not loaded.native_copies:
-            from lib.runs import rechunk_cube
-
-            rechunk_cube(loaded, "rechunk")  # says what to add to the spec
+        _load(spec).chosen_copies(name)  # no copies, or an unknown name: a usage error, before any I/O
         _quiet_prefect(_debug)
         from flows.rechunk_variables import rechunk_variables
 
-        done = _run_flow(
-            rechunk_variables, not as_json, spec=spec.read_text(encoding="utf-8"), names=list(name) if name else None
-        )
+        done = _run_flow(rechunk_variables, not as_json, spec=spec.read_text(encoding="utf-8"), names=name or None)
         if not as_json:
-            for c in done["copies"]:
-                console.print(
-                    f"native copy [bold]{escape(c['name'])}[/]: {c['units']} of {c['total_units']} unit(s) written "
-                    f"({c['bytes'] / 2**20:.1f} MiB), {100 * c['coverage']:.0f}% current; "
-                    f"open with xr.open_zarr(store, group={c['name']!r})"
-                )
+            copies_lines(done["copies"])
         _finish(done, EXIT_OK)
 
 

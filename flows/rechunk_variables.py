@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
+from flows import progress
 from lib.locks import writer_lock
 from lib.spec import load_spec
 from tasks.rechunk import rechunk_published
@@ -27,5 +29,17 @@ def rechunk_variables(spec: str, names: list[str] | None = None) -> dict[str, An
         Only these copies (default: every copy the spec lists).
     """
     loaded = load_spec(spec)
+    artifact: Any = create_progress_artifact(0.0, description="icefloe rechunk: native copies")
+    written: dict[str, int] = {}
+
+    def report(name: str, done: int, total: int) -> None:  # the command's bars, the UI's progress artifact
+        if name not in written:
+            progress.start(f"copy {name}", total)
+        progress.advance(f"copy {name}", done - written.get(name, 0))
+        written[name] = done
+        update_progress_artifact(artifact, 100.0 * done / max(total, 1))
+
     with writer_lock(loaded.repo.url):
-        return rechunk_published(loaded, names)
+        done = rechunk_published(loaded, names, report)
+    update_progress_artifact(artifact, 100.0)
+    return done

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-__all__ = ["Bars", "console", "coverage_table", "summary_table"]
+__all__ = ["Bars", "console", "copies_lines", "coverage_table", "summary_table"]
 
 # tables are never cut to 80 columns when the output is not a terminal (piped, or a CI log)
 console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
@@ -114,3 +114,22 @@ def coverage_table(cov: Any, name: str) -> None:
     )
     for w in cov.waiting[:20]:
         console.print(f"[cyan]waiting[/] {w['url']} since {w['since']} ({w['waited']})")
+
+
+def copies_lines(copies: list[dict[str, Any]], spec: object = "SPEC") -> None:
+    """One line per native copy: what a rechunk run wrote (its result), or how current it is (status)."""
+    for c in copies:
+        name = escape(c["name"])
+        if "units" in c:
+            console.print(
+                f"native copy [bold]{name}[/]: {c['units']} of {c['total_units']} unit(s) written "
+                f"({c['bytes'] / 2**20:.1f} MiB), {100 * c['coverage']:.0f}% current; "
+                f"open it with xr.open_zarr(store, group={c['name']!r})"
+            )
+        elif not c["made"]:
+            console.print(f"native copy {name}: not made yet (icefloe rechunk {spec} {c['name']})")
+        else:
+            console.print(
+                f"native copy {name} ({', '.join(c['variables'])}): {100 * c['coverage']:.1f}% of its chunks "
+                f"current, as of snapshot {c['current_to']}"
+            )

@@ -554,13 +554,7 @@ def rechunk_cube(
     from lib.copies import stage_copies
     from lib.errors import IcefloeError
 
-    if not spec.native_copies:
-        raise SpecError(
-            "the spec lists no native_copies: add one, e.g. native_copies: [{name: ts, variables: [VAR], "
-            "chunks: {time: 365}}]",
-            key="native_copies",
-        )
-    copies = [spec.native_copy(n) for n in names] if names else list(spec.native_copies)
+    copies = spec.chosen_copies(names)
     repo = open_repository(spec)
     if repo is None:
         raise IcefloeError(f"no cube at {spec.repo.url} yet: run `icefloe build` first")

@@ -285,19 +285,27 @@ class Spec(_Frozen):
             raise ValueError(f"native_copies names a copy twice: {names}")
         return self
 
-    def native_copy(self, name: str) -> NativeCopy:
-        """The copy called ``name``.
+    def chosen_copies(self, names: list[str] | None = None) -> list[NativeCopy]:
+        """The native copies called ``names`` (default: all of them).
 
         Raises
         ------
         SpecError
-            The spec has no such copy.
+            The spec lists no native copies, or none called one of ``names``.
         """
-        for copy in self.native_copies:
-            if copy.name == name:
-                return copy
-        known = ", ".join(c.name for c in self.native_copies) or "none"
-        raise SpecError(f"the spec has no native copy {name!r} (its copies: {known})", key="native_copies")
+        if not self.native_copies:
+            raise SpecError(
+                "the spec lists no native_copies: add one, e.g. native_copies: [{name: ts, variables: [VAR], "
+                "chunks: {time: 365}}]",
+                key="native_copies",
+            )
+        by_name = {c.name: c for c in self.native_copies}
+        for name in names or ():
+            if name not in by_name:
+                raise SpecError(
+                    f"the spec has no native copy {name!r} (its copies: {', '.join(by_name)})", key="native_copies"
+                )
+        return [by_name[n] for n in names] if names else list(self.native_copies)
 
     @property
     def repo_storage(self) -> StorageOptions | None:

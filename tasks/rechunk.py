@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
-from flows import progress
 from lib.runs import CubeRun, rechunk_cube
 from lib.spec import Spec
 from tasks import RETRYING
@@ -38,22 +38,12 @@ def rechunk_staging(run: CubeRun) -> list[dict[str, Any]]:
 
 
 @task(name="rechunk-cube", **RETRYING)
-def rechunk_published(spec: Spec, names: list[str] | None) -> dict[str, Any]:
+def rechunk_published(
+    spec: Spec, names: list[str] | None, progress: Callable[[str, int, int], None] | None = None
+) -> dict[str, Any]:
     """Create or bring up to date the spec's native copies and publish them (resumes after a crash)."""
-    artifact: Any = create_progress_artifact(0.0, description="icefloe rechunk: native copies")
-    last: dict[str, int] = {}
-
-    def report(name: str, done: int, total: int) -> None:
-        if done == 0:
-            progress.start(f"copy {name}", total)
-        else:
-            progress.advance(f"copy {name}", done - last.get(name, 0))
-        last[name] = done
-        update_progress_artifact(artifact, 100.0 * done / max(total, 1))
-
     run_id = str(flow_run.get_id() or "rechunk")
-    done = rechunk_cube(spec, run_id, flow_run=flow_run.get_id(), names=names, progress=report)
-    update_progress_artifact(artifact, 100.0)
+    done = rechunk_cube(spec, run_id, flow_run=flow_run.get_id(), names=names, progress=progress)
     _log_copies(done["copies"])
     create_table_artifact(
         [

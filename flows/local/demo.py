@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from lib.errors import IcefloeError, PublishBlocked
-from lib.spec import Spec, load_spec
 from lib.local.archive import (
     DemoShape,
     demo_spec,
@@ -20,6 +19,7 @@ from lib.local.archive import (
     write_monthly_archive,
     write_step,
 )
+from lib.spec import Spec, load_spec
 
 __all__ = ["open_snippet", "run_demo", "run_s3_demo"]
 
@@ -100,7 +100,10 @@ def run_demo(directory: Path, console: Any, run_flow: Callable[..., dict[str, An
     )
     rechunked = run_flow(rechunk_variables, console is not None, spec=spec_path.read_text())
     for c in rechunked["copies"]:
-        say(f"   native copy {c['name']}: {c['units']} unit(s) written, {c['bytes'] / 2**10:.0f} KiB, compared bit for bit")
+        say(
+            f"   native copy {c['name']}: {c['units']} unit(s) written, {c['bytes'] / 2**10:.0f} KiB, "
+            "compared bit for bit with the virtual data"
+        )
     # the next time step of every tile; the bad tile's slot gets a corrected file, and since its etag
     # changed, the ingest retries it
     new = [step_path(source, p, m, shape.steps) for p in range(shape.polygons) for m in range(1, shape.months + 1)]
