@@ -94,15 +94,34 @@ class CopyArray:
     def unit_bytes(self) -> int:
         return math.prod(self.unit) * self.itemsize
 
-    def units_in(self, box: Sequence[tuple[int, int]]) -> Iterator[tuple[int, ...]]:
-        """The units that hold any of the half-open index ``box`` (one (start, stop) per dim)."""
-        spans = []
+    def units_in(self, box: Sequence[tuple[int, int]]) -> Iterator[tuple[tuple[int, ...], Box]]:
+        """The units that hold any of the half-open index ``box`` (one (start, stop) per dim), each
+        with the part of ``box`` inside it."""
+        clipped, spans = [], []
         for (a, b), u, s in zip(box, self.unit, self.shape, strict=True):
             a, b = max(0, a), min(b, s)
             if a >= b:
                 return
+            clipped.append((a, b))
             spans.append(range(a // u, math.ceil(b / u)))
-        yield from itertools.product(*spans)
+        for index in itertools.product(*spans):
+            yield index, self.part(index, clipped)
+
+    def part(self, index: Sequence[int], box: Sequence[tuple[int, int]] | None = None) -> Box:
+        """The part of ``box`` (default: everything) inside the unit at ``index``."""
+        region = self.region(index)
+        if box is None:
+            return tuple((r.start, r.stop) for r in region)
+        return tuple((max(r.start, a), min(r.stop, b)) for r, (a, b) in zip(region, box, strict=True))
+
+
+Box = tuple[tuple[int, int], ...]  # a half-open (start, stop) per dim
+Parts = dict[str, dict[tuple[int, ...], Box]]  # per variable: the units to write, each with the part that changed
+
+
+def _merge(a: Box, b: Box) -> Box:
+    """The smallest box holding both."""
+    return tuple((min(x0, y0), max(x1, y1)) for (x0, x1), (y0, y1) in zip(a, b, strict=True))
 
 
 def _unit_edge(source: int, target: int) -> int:
@@ -339,10 +358,11 @@ def dirty_units(
     arrays: Sequence[CopyArray],
     record: CopyRecord,
     earlier: LedgerIndex | None = None,
-) -> dict[str, set[tuple[int, ...]]]:
-    """The units of each array whose values may have changed since the copy was last written: where
-    the ledger rows since then put (or took) an object, where ``earlier`` (the ledger as the run
-    found it) had those objects before, and everything from where a logged move opened room."""
+) -> Parts:
+    """The units of each array whose values may have changed since the copy was last written, each
+    with the part of it that changed: where the ledger rows since then put (or took) an object,
+    where ``earlier`` (the ledger as the run found it) had those objects before, everything from
+    where a logged move opened room, and the whole of every unit still pending."""
     from lib.staging import _placement_of
 
     moves = [_move(m) for m in read_moves(store)]
@@ -370,13 +390,15 @@ def dirty_units(
                 add(old)
     for move in moves[record.moves_at :]:
         boxes.append({move.dim: (move.at, 2**62)})
-    out: dict[str, set[tuple[int, ...]]] = {}
+    out: Parts = {}
     for array in arrays:
-        found = record.pending_units(array)
+        found = {index: array.part(index) for index in record.pending_units(array)}
         for box in boxes:
             if not set(box) & set(array.dims):
                 continue  # a change along dims this variable does not have
-            found.update(array.units_in([box.get(d, (0, s)) for d, s in zip(array.dims, array.shape, strict=True)]))
+            whole = [box.get(d, (0, s)) for d, s in zip(array.dims, array.shape, strict=True)]
+            for index, part in array.units_in(whole):
+                found[index] = _merge(found[index], part) if index in found else part
         out[array.variable] = found
     return out
 
@@ -387,15 +409,17 @@ def _move(data: dict[str, Any]) -> Any:
     return Move(str(data["dim"]), int(data["at"]), int(data["by"]))
 
 
-def unit_tasks(
-    arrays: Sequence[CopyArray], units: dict[str, set[tuple[int, ...]]], task_bytes: int = TASK_BYTES
-) -> list[list[tuple[str, tuple[int, ...]]]]:
+Task = list[tuple[str, tuple[int, ...], Box]]  # (variable, unit, part) to write, in one executor call
+
+
+def unit_tasks(arrays: Sequence[CopyArray], units: Parts, task_bytes: int = TASK_BYTES) -> list[Task]:
     """Units grouped into executor calls of about ``task_bytes`` of output each, in array order."""
-    tasks: list[list[tuple[str, tuple[int, ...]]]] = []
+    tasks: list[Task] = []
     for array in arrays:
         per_call = max(1, task_bytes // max(array.unit_bytes(), 1))
-        ordered = sorted(units.get(array.variable, ()))
-        tasks += [[(array.variable, u) for u in ordered[i : i + per_call]] for i in range(0, len(ordered), per_call)]
+        parts = units.get(array.variable, {})
+        ordered = [(array.variable, index, parts[index]) for index in sorted(parts)]
+        tasks += [ordered[i : i + per_call] for i in range(0, len(ordered), per_call)]
     return tasks
 
 
@@ -403,10 +427,11 @@ def unit_tasks(
 
 
 def write_units(
-    spec: Spec, snapshot: str, fork: Any, arrays: Sequence[CopyArray], units: Sequence[tuple[str, tuple[int, ...]]]
+    spec: Spec, snapshot: str, fork: Any, arrays: Sequence[CopyArray], units: Task
 ) -> tuple[Any, dict[str, int]]:
-    """In a worker: read each unit through the virtual arrays at ``snapshot`` and write it into the
-    copy in ``fork``; returns the fork (to merge) and the bytes read and written (uncompressed)."""
+    """In a worker: read each unit's changed part through the virtual arrays at ``snapshot`` and
+    write it into the copy in ``fork``; returns the fork (to merge) and the bytes read and written
+    (uncompressed; Zarr rewrites each native chunk the part touches whole)."""
     from lib.repository import open_repository
 
     repo = open_repository(spec)
@@ -415,9 +440,9 @@ def write_units(
     target_root = open_root(fork.store, "r+")
     by_name = {a.variable: a for a in arrays}
     done = {"units": 0, "bytes": 0}
-    for variable, index in units:
+    for variable, _, part in units:
         array = by_name[variable]
-        region = array.region(index)
+        region = tuple(slice(a, b) for a, b in part)
         values = array_at(source_root, variable)[region]
         array_at(target_root, array.path)[region] = values
         done["units"] += 1
@@ -549,13 +574,13 @@ def stage_copies(
                     )
                 session.merge(*(fork for fork, _ in done))
                 for task in chunk:
-                    for variable, index in task:
+                    for variable, index, _ in task:
                         written.setdefault(variable, set()).add(index)
                 result.units += sum(stats["units"] for _, stats in done)
                 result.bytes += sum(stats["bytes"] for _, stats in done)
             finished = start + calls_per_round >= len(tasks)
             for array in arrays:
-                record.set_pending(array, units.get(array.variable, set()) - written.get(array.variable, set()))
+                record.set_pending(array, units.get(array.variable, {}).keys() - written.get(array.variable, set()))
             if finished:
                 record.ledger_at, record.moves_at, record.snapshot = length, moves, snapshot
             write_record(session, copy.name, record)

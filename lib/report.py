@@ -39,6 +39,7 @@ class RunSummary:
     findings: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     previously_quarantined: int = 0
+    copies: list[dict[str, Any]] = field(default_factory=list)  # native copies brought along (lib.copies)
     error: str | None = None
     seconds: float = 0.0
 
@@ -70,6 +71,8 @@ class RunSummary:
             "notes": self.notes,
             "seconds": round(self.seconds, 3),
         }
+        if self.copies:
+            out["copies"] = self.copies
         if self.error is not None:
             out["error"] = self.error
         return out

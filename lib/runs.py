@@ -395,7 +395,8 @@ class CubeRun:
             )
             self.findings += [Finding("native-copy", CUBE, p) for p in r.problems]
         self.staged = self.repo.lookup_branch(self.spec.repo.staging)
-        return [r.to_json() for r in results]
+        self.summary.copies = [r.to_json() for r in results]
+        return self.summary.copies
 
     @storage_step
     def publish(self) -> str | None:

@@ -105,8 +105,15 @@ def test_a_unit_is_whole_output_chunks_widened_to_source_chunks_when_cheap(sourc
 def test_units_in_a_box_are_the_units_that_hold_any_of_it() -> None:
     array = CopyArray("ts", "tas", ("polygon", "time", "lat"), (2, 10, 4), (1, 4, 4), (1, 4, 4), 4)
     assert array.grid == (2, 3, 1)
-    assert sorted(array.units_in([(1, 2), (3, 5), (0, 4)])) == [(1, 0, 0), (1, 1, 0)]
-    assert sorted(array.units_in([(0, 2), (8, 2**62), (0, 4)])) == [(0, 2, 0), (1, 2, 0)]
+    # each unit with the part of the box inside it: only that part is read again
+    assert sorted(array.units_in([(1, 2), (3, 5), (0, 4)])) == [
+        ((1, 0, 0), ((1, 2), (3, 4), (0, 4))),
+        ((1, 1, 0), ((1, 2), (4, 5), (0, 4))),
+    ]
+    assert sorted(array.units_in([(0, 2), (8, 2**62), (0, 4)])) == [
+        ((0, 2, 0), ((0, 1), (8, 10), (0, 4))),
+        ((1, 2, 0), ((1, 2), (8, 10), (0, 4))),
+    ]
     assert list(array.units_in([(0, 2), (10, 12), (0, 4)])) == []  # beyond the shape: nothing
     assert array.region((1, 2, 0)) == (slice(1, 2), slice(8, 10), slice(0, 4))  # clipped to the shape
 
@@ -165,6 +172,8 @@ def test_an_ingest_rewrites_only_the_units_it_touched(cube: Spec, workdir: Path)
     assert summary.exit_code == 0 and summary.ingested == 1
     [copy] = results[Step.RECHUNK]
     assert (copy["units"], copy["total_units"], copy["problems"]) == (1, 4, [])
+    assert copy["bytes"] == 4 * 6 * 4  # one day of one polygon read again (4 x 6 float32), not the unit
+    assert summary.copies == [copy]
     assert_copy_is_the_files(cube, workdir)
 
     for polygon in (1, 2):  # a new time unit for both polygons: the copy grows with the cube
