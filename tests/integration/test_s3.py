@@ -28,12 +28,12 @@ def upload(server: object, bucket: str, root: Path, files: list[Path], prefix: s
     return keys
 
 
-def s3_spec(server: object, bucket: str) -> Spec:
+def s3_spec(server: object, bucket: str, executor: str = "threads", extra: str = "") -> Spec:
     storage = server.storage_yaml()  # type: ignore[attr-defined]
     return load_spec(
         f'name: s3cube\nsource:\n  url: s3://{bucket}/archive/\n  pattern: "{PATTERN}"\n'
         f"  storage: {storage}\nconcat: [time]\nrepo:\n  url: s3://{bucket}/cube\n"
-        f"execution: {{executor: threads, workers: 2, batch_size: 5}}\n"
+        f"execution: {{executor: {executor}, workers: 2, batch_size: 5}}\n{extra}"
     )
 
 
@@ -86,4 +86,34 @@ def test_s3_refs_carry_the_etag(local_s3: object, s3_bucket: str, tmp_path: Path
     assert [c["url"] for c in drift.changed] == [f"s3://{s3_bucket}/archive/polygon_000/month_01/step_0000.nc"]
     summary = run_cube(spec, "ingest")
     assert summary.ingested == 1, summary
+    assert_cube_equals(spec, root)
+
+
+@pytest.mark.parametrize("executor", ["processes", "lithops"])
+def test_a_native_copy_on_s3_over_worker_processes(
+    local_s3: object, s3_bucket: str, tmp_path: Path, executor: str
+) -> None:
+    """Forks of an S3 repository go to worker processes (or Lithops' localhost workers), read the
+    virtual data from S3 there and come back to be merged."""
+    import uuid
+
+    from lib.runs import rechunk_cube
+
+    root = tmp_path / "archive"
+    shape = DemoShape(polygons=2, months=2, steps=2)
+    upload(local_s3, s3_bucket, root, write_demo_archive(root, shape))
+    spec = s3_spec(
+        local_s3,
+        s3_bucket,
+        executor=executor,
+        extra="native_copies: [{name: series, variables: [DIC, ALK], chunks: {time: 8, lat: 16, lon: 16}}]\n",
+    )
+    assert run_cube(spec).exit_code == 0
+    done = rechunk_cube(spec, str(uuid.uuid4()), task_bytes=1)  # one unit per call: 8 calls
+    [made] = done["copies"]
+    assert (made["units"], made["problems"]) == (8, []) and done["published"]  # 2 x 2 cells x 2 variables
+    copy = xr.open_zarr(open_repo(spec).readonly_session(branch="main").store, group="series", consolidated=False)
+    cube = read_cube(spec)
+    for name in ("DIC", "ALK"):
+        xr.testing.assert_identical(copy[name].load(), cube[name].load())
     assert_cube_equals(spec, root)
