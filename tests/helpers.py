@@ -134,6 +134,13 @@ def run_until(spec: Spec, step: Step, operation: str = "build") -> CubeRun:
     return run
 
 
+def open_files(paths: list[Path]) -> xr.Dataset:
+    """Source files combined by their coordinates, as xarray reads them (the truth a cube is held to)."""
+    return xr.open_mfdataset(
+        sorted(paths), combine="by_coords", data_vars="minimal", compat="no_conflicts", join="outer"
+    ).load()
+
+
 def open_repo(spec: Spec) -> Any:
     from lib.repository import open_repository
 

@@ -16,7 +16,18 @@ from lib import ledger
 from lib.pipeline import Step, run_steps
 from lib.runs import CubeRun
 from lib.spec import Spec
-from tests.helpers import EPOCH, dataset, file_url, locations, make_spec, open_repo, read_cube, run_cube, write_nc4
+from tests.helpers import (
+    EPOCH,
+    dataset,
+    file_url,
+    locations,
+    make_spec,
+    open_files,
+    open_repo,
+    read_cube,
+    run_cube,
+    write_nc4,
+)
 
 PATTERN = "polygon_{polygon:d}/day_*.nc"
 
@@ -40,13 +51,7 @@ def assert_cube_is_the_files(spec: Spec, workdir: Path) -> None:
     cube = read_cube(spec).load()
     for polygon_dir in sorted((workdir / "archive").glob("polygon_*")):
         polygon = int(polygon_dir.name.split("_")[1])
-        ref = xr.open_mfdataset(
-            sorted(polygon_dir.glob("*.nc")),
-            combine="by_coords",
-            data_vars="minimal",
-            compat="no_conflicts",
-            join="outer",
-        ).load()
+        ref = open_files(list(polygon_dir.glob("*.nc")))
         got = cube.sel(polygon=polygon, drop=True).sel(time=ref.time)
         xr.testing.assert_identical(got.tas, ref.tas)
 

@@ -22,7 +22,7 @@ from lib.ledger import read_schema
 from lib.pipeline import Step, run_steps
 from lib.runs import CubeRun, rechunk_cube
 from lib.spec import Spec
-from tests.helpers import dataset, make_spec, open_repo, read_cube, run_cube, write_nc4
+from tests.helpers import dataset, make_spec, open_files, open_repo, read_cube, run_cube, write_nc4
 
 PATTERN = "polygon_{polygon:d}/day_*.nc"
 COPY = "native_copies:\n  - {name: ts, variables: [tas], chunks: {time: 4, lat: 4, lon: 6}}\n"
@@ -47,13 +47,7 @@ def assert_copy_is_the_files(spec: Spec, workdir: Path) -> None:
     xr.testing.assert_identical(copy.tas, cube.tas)
     for polygon_dir in sorted((workdir / "archive").glob("polygon_*")):
         polygon = int(polygon_dir.name.split("_")[1])
-        files = xr.open_mfdataset(
-            sorted(polygon_dir.glob("*.nc")),
-            combine="by_coords",
-            data_vars="minimal",
-            compat="no_conflicts",
-            join="outer",
-        ).load()
+        files = open_files(list(polygon_dir.glob("*.nc")))
         got = copy.tas.sel(polygon=polygon, drop=True).sel(time=files.time)
         xr.testing.assert_identical(got, files.tas)
 
