@@ -26,7 +26,7 @@ from lib.local.archive import DemoShape, step_path, write_step
 SHAPES = {10_000: (10, 10, 100), 100_000: (20, 50, 100), 500_000: (50, 100, 100)}
 
 
-def _cube(work: Path, size: int) -> tuple[Path, Path, dict[str, Any]]:
+def _cube(work: Path, size: int, executor: str) -> tuple[Path, Path, dict[str, Any]]:
     from benchmarks.synthetic import write_synthetic_cube
     from lib.spec import load_spec
 
@@ -37,7 +37,7 @@ def _cube(work: Path, size: int) -> tuple[Path, Path, dict[str, Any]]:
     spec = work / "cube.yaml"
     spec.write_text(
         f'name: p5i\nsource:\n  url: file://{archive}/\n  pattern: "polygon_{{polygon:d}}/month_{{month:d}}/'
-        f'step_*.nc"\nconcat: [time]\nrepo:\n  url: file://{work}/cube\n'
+        f'step_*.nc"\nconcat: [time]\nrepo:\n  url: file://{work}/cube\nexecution: {{executor: {executor}}}\n'
     )
     made = write_synthetic_cube(load_spec(spec), polygons, months, steps, log=log)
     return spec, archive, made
@@ -47,6 +47,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 500_000], choices=sorted(SHAPES))
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--executor", default="processes", choices=["processes", "threads"])
     a = ap.parse_args()
     root = (WORK / "p5_ingest").resolve()
     shutil.rmtree(root, ignore_errors=True)
@@ -56,7 +57,7 @@ def main() -> None:
         for size in a.sizes:
             work = root / str(size)
             log(f"a synthetic cube of {size} objects")
-            spec, archive, made = _cube(work, size)
+            spec, archive, made = _cube(work, size, a.executor)
             steps = SHAPES[size][2]
             runs = []
             for i in range(a.repeats):
@@ -68,7 +69,14 @@ def main() -> None:
                 assert m.returncode == 0, m.stderr[-3000:]
                 summary = json.loads(m.stdout)
                 assert summary["ingested"] == 1 and summary["published"], summary
-                runs.append({"seconds": m.seconds, "peak_rss_mb": m.peak_rss_mb, "in_flow_seconds": summary["seconds"]})
+                runs.append(
+                    {
+                        "seconds": m.seconds,
+                        "peak_rss_mb": m.peak_rss_mb,
+                        "in_flow_seconds": summary["seconds"],
+                        "peak_by_process_mb": m.peak_breakdown_mb,
+                    }
+                )
                 log(f"  ingest {i + 1}: {m.seconds:.1f} s, peak {m.peak_rss_mb:.0f} MB")
             results[str(size)] = {
                 "objects": made["objects"],
@@ -85,8 +93,14 @@ def main() -> None:
             "peak_rss": large["median_peak_rss_mb"] / small["median_peak_rss_mb"],
         }
     out = save(
-        "p5_ingest",
-        {**results, "command": "python -m benchmarks.p5_ingest --sizes " + " ".join(map(str, a.sizes))},
+        "p5_ingest" if a.executor == "processes" else f"p5_ingest_{a.executor}",
+        {
+            **results,
+            "executor": a.executor,
+            "command": "python -m benchmarks.p5_ingest --sizes "
+            + " ".join(map(str, a.sizes))
+            + f" --executor {a.executor}",
+        },
     )
     log(f"wrote {out}")
 
