@@ -15,6 +15,10 @@ continue the time axis of that cell (steps ``steps``, ``steps + 1``…), so each
 deferred or refused; a run that does otherwise stops the benchmark. The first ``--warmup`` objects
 after the deployments start are measured but left out of the summary.
 
+An event-triggered run lists the whole source; here the source holds only the real tiles, so the
+listing is small whatever the cube's size. ``--full-listing`` times, apart, what discovery would do
+with a listing of every object of the cube (spooling it and sorting it against the ledger's index).
+
 "On main" is seen from the ledger's index (one shard per lookup, read only when main's tip moved),
 so the measuring side costs the machine little even at 500,000 objects. The breakdown comes from
 Prefect's records of the run that ingested the object.
@@ -152,6 +156,54 @@ def verify(spec_path: Path, local: Path, step: int) -> dict[str, Any]:
     return {"time_length": int(ds.sizes["time"]), "last_time": str(last), "data_equal": ok}
 
 
+def full_listing(spec_path: Path, polygons: int, months: int, steps: int) -> dict[str, Any]:
+    """What an event-triggered run's discovery would cost if the bucket held every object of the cube:
+    the cube's objects, as a listing would name them (at the ETags the cube has for them), spooled a
+    page of 10,000 at a time and sorted against main's ledger index, as ``list_sources`` and
+    ``classify_objects`` do. The S3 LIST itself is not included (the bucket holds only real tiles)."""
+    import datetime as dt
+    import tempfile
+
+    from benchmarks.synthetic import _etag
+    from lib.discovery import SourceObject, classify_objects
+    from lib.ledger_index import LedgerIndex
+    from lib.listing import ObjectSpool
+    from lib.repository import open_repository
+    from lib.spec import load_spec
+
+    spec = load_spec(spec_path)
+    repo = open_repository(spec)
+    assert repo is not None
+    base = spec.source.url.rstrip("/") + "/"
+    when = dt.datetime.now(dt.UTC)
+    started = time.perf_counter()
+    index = LedgerIndex(repo.readonly_session(branch="main").store)
+    with tempfile.TemporaryDirectory() as tmp:
+        spool = ObjectSpool(Path(tmp))
+        page: list[SourceObject] = []
+        for p in range(polygons):
+            for m in range(1, months + 1):
+                for t in range(steps):
+                    url = f"{base}polygon_{p:03d}/month_{m:02d}/step_{t:04d}.nc"
+                    page.append(SourceObject(url, _etag(url), 0, when, (("polygon", p), ("month", m))))
+                    if len(page) == 10_000:
+                        spool.add(page, index.shard)
+                        page = []
+        spool.add(page, index.shard)
+        spooled = time.perf_counter()
+        found = classify_objects(spool, index)
+        sorted_at = time.perf_counter()
+        out = {
+            "objects": polygons * months * steps,
+            "spool_seconds": round(spooled - started, 2),
+            "sort_seconds": round(sorted_at - spooled, 2),
+            "unchanged": len(found.unchanged),
+            "pending": len(found.pending),
+            "changed": len(found.changed),
+        }
+    return out
+
+
 def measure(size: int, a: argparse.Namespace, work: Path) -> dict[str, Any]:
     polygons, months, steps = shape_of(size)
     name = f"latency-{size}"
@@ -230,6 +282,9 @@ def measure(size: int, a: argparse.Namespace, work: Path) -> dict[str, Any]:
         result["verified"] = verify(spec_path, local, new[-1])
         result["index_reads"] = watch.lookups
         log(f"{name}: main reads back: {result['verified']}")
+        if a.full_listing:
+            result["full_listing"] = full_listing(spec_path, polygons, months, steps)
+            log(f"{name}: discovery over a listing of every object: {result['full_listing']}")
     keys = [k for k in samples[0] if k not in ("url", "status", "loadavg_1min")]
     result["summary"] = {
         k: {
@@ -253,6 +308,11 @@ def main() -> None:
     ap.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite", help="the Prefect server's")
     ap.add_argument("--gap", type=float, default=1.0, help="seconds between an object on main and the next PUT")
     ap.add_argument("--keep", action="store_true", help="keep each size's stack directory")
+    ap.add_argument(
+        "--full-listing",
+        action="store_true",
+        help="also time discovery's sort of a listing that names every object of the cube against its index",
+    )
     a = ap.parse_args()
     root = (WORK / "p6").resolve()
     shutil.rmtree(root, ignore_errors=True)
