@@ -132,7 +132,7 @@ class MainWatch:
         rows = [r for r in iter_rows(store, max(0, ledger_size(store) - 64)) if r.url == url]
         assert rows, f"{url} is in the index of main but not in the last rows of its log"
         row = rows[-1]
-        record = next((r for r in reversed(read_runs(store)) if r.get("run") == row.run), {})
+        record: dict[str, Any] = next((r for r in reversed(read_runs(store)) if r.get("run") == row.run), {})
         return {"row": row, "record": record}
 
 
@@ -253,16 +253,12 @@ def measure(size: int, a: argparse.Namespace, work: Path) -> dict[str, Any]:
         wait_for("the ingest deployment's trigger", lambda: stack.trigger_ready("ingest_objects", "latency-ingest"))
         time.sleep(3)
         watch = MainWatch(spec_path)
-        samples, warmup = [], []
+        samples: list[dict[str, Any]] = []
+        warmup: list[dict[str, Any]] = []
         for i, t in enumerate(new):
             put_at = time.time()
             url = upload(t)
-            wait_for(
-                f"{url} on main",
-                lambda url=url: watch.status(url) is not None,
-                timeout=300,
-                poll=0.1,
-            )
+            wait_for(f"{url} on main", lambda: watch.status(url) is not None, timeout=300, poll=0.1)  # noqa: B023
             visible = time.time()
             found = watch.run_of(url)
             row, record = found["row"], found["record"]
@@ -329,6 +325,7 @@ def main() -> None:
     }
     command = f"python -m benchmarks.p6_latency --sizes {' '.join(map(str, a.sizes))} --objects {a.objects}"
     command += f" --database {a.database}" if a.database != "sqlite" else ""
+    command += " --full-listing" if a.full_listing else ""
     out = save(
         "p6_latency" if a.database == "sqlite" else f"p6_latency_{a.database}",
         {

@@ -84,7 +84,10 @@ def write_synthetic_cube(
         return np.asarray(np.float32(1.0 + p + 0.1 * m)).reshape(np.shape(template.arrays[cell_var].values))
 
     probe = dict(template_entry.fields)
-    assert native_digest(cell_value(probe["polygon"], probe["month"]), cell_attrs) == template_entry.cell[cell_var]
+    assert (
+        native_digest(cell_value(int(probe["polygon"]), int(probe["month"])), cell_attrs)
+        == template_entry.cell[cell_var]
+    )
 
     base = spec.source.url.rstrip("/") + "/"
     urls = [
