@@ -2,6 +2,8 @@
 
     python -m benchmarks.synthetic SPEC --polygons 50 --months 100 --steps 100
 
+It prints one line per batch as it goes and, last, a JSON object: objects, refs, seconds.
+
 The source of SPEC must hold the demo tiles of cell polygon 0, month 1 (``lib.local.archive``'s
 layout, pattern ``polygon_{polygon:d}/month_{month:d}/step_*.nc``), at least steps 0 and 1. A real
 plan of those tiles gives the schema, encodings and shared coordinates; then every one of the
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import json
 import time
 import uuid
 from typing import Any
@@ -81,7 +84,10 @@ def write_synthetic_cube(
         return np.asarray(np.float32(1.0 + p + 0.1 * m)).reshape(np.shape(template.arrays[cell_var].values))
 
     probe = dict(template_entry.fields)
-    assert native_digest(cell_value(probe["polygon"], probe["month"]), cell_attrs) == template_entry.cell[cell_var]
+    assert (
+        native_digest(cell_value(int(probe["polygon"]), int(probe["month"])), cell_attrs)
+        == template_entry.cell[cell_var]
+    )
 
     base = spec.source.url.rstrip("/") + "/"
     urls = [
@@ -168,7 +174,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch-files", type=int, default=62_500)
     a = ap.parse_args()
-    print(write_synthetic_cube(load_spec(a.spec), a.polygons, a.months, a.steps, a.batch_files))
+    result = write_synthetic_cube(load_spec(a.spec), a.polygons, a.months, a.steps, a.batch_files)
+    print(json.dumps(result), flush=True)  # the last line: what a benchmark driving this reads back
 
 
 if __name__ == "__main__":

@@ -1,13 +1,19 @@
 """The event-driven pipeline on one machine, exactly as on AWS but on loopback: a Prefect server, a
 SeaweedFS S3 whose filer webhook feeds ``icefloe bridge webhook``, and ``icefloe serve`` running the
 cube's deployments. Used by ``icefloe demo --s3``, the end-to-end tests and the latency benchmark.
+
+The Prefect server keeps its database in SQLite by default; :meth:`LocalStack.start_postgres` gives it a
+PostgreSQL server of the stack's own instead (as a production server would have).
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import pwd
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -70,6 +76,7 @@ class LocalStack:
         if prefect_api:
             self.env["PREFECT_API_URL"] = prefect_api
         self.s3: LocalS3 | None = None
+        self.database_url: str | None = None
         self.token = secrets.token_hex(16)
         self.bridge_port = _free_port()
         self.env["ICEFLOE_WEBHOOK_TOKEN"] = self.token
@@ -89,25 +96,89 @@ class LocalStack:
         self.procs[name] = proc
         return proc
 
-    def stop(self, name: str, timeout: float = 20) -> None:
+    def stop(self, name: str, timeout: float = 20, sig: int = signal.SIGTERM) -> None:
         proc = self.procs.pop(name, None)
         if proc is None or proc.poll() is not None:
             return
-        proc.terminate()
+        proc.send_signal(sig)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
 
+    def start_postgres(self, timeout: float = 60) -> str:
+        """A PostgreSQL server of this stack's own, its data in the stack's directory, for the Prefect
+        server started after it (:meth:`start_prefect`). Returns its SQLAlchemy URL.
+
+        PostgreSQL refuses to run as root: as root, the cluster belongs to the ``postgres`` user (or,
+        failing that, ``nobody``) and the server runs as that user. It listens on loopback only and
+        trusts local connections.
+        """
+        initdb, postgres = self._pg_bin("initdb"), self._pg_bin("postgres")
+        data = self.directory / "postgres"
+        data.mkdir(parents=True, exist_ok=True)
+        user: str | None = None
+        if os.geteuid() == 0:
+            for name in ("postgres", "nobody"):
+                try:
+                    owner = pwd.getpwnam(name)
+                except KeyError:
+                    continue
+                user = name
+                os.chown(data, owner.pw_uid, owner.pw_gid)
+                break
+            else:
+                raise StorageError("PostgreSQL refuses to run as root and there is no `postgres` user to run it as")
+        log_path = self.directory / "postgres.log"
+        with open(log_path, "ab") as log:
+            subprocess.run(
+                [initdb, "-D", str(data / "db"), "-U", "prefect", "--auth=trust", "--no-locale", "-E", "UTF8"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=data,
+                user=user,
+                check=True,
+            )
+        port = _free_port()
+        log = open(log_path, "ab")  # noqa: SIM115 (the process writes it for its life)
+        proc = subprocess.Popen(
+            [postgres, "-D", str(data / "db"), "-p", str(port), "-h", "127.0.0.1", "-k", ""],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=data,
+            user=user,
+        )
+        log.close()
+        self.procs["postgres"] = proc
+        deadline = time.monotonic() + timeout
+        while b"ready to accept connections" not in log_path.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise StorageError(f"PostgreSQL did not start (see {log_path})")
+            time.sleep(0.2)
+        self.database_url = f"postgresql+asyncpg://prefect@127.0.0.1:{port}/postgres"
+        return self.database_url
+
+    def _pg_bin(self, name: str) -> str:
+        packaged = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))  # Debian's, when not on PATH
+        found = shutil.which(name) or (packaged[-1] if packaged else None)
+        if not found:
+            raise StorageError(f"`{name}` (PostgreSQL) is not installed")
+        return found
+
     def start_prefect(self) -> str:
-        """A Prefect server of this stack's own (its database in the stack's directory)."""
+        """A Prefect server of this stack's own (its database in the stack's directory: SQLite, or the
+        stack's PostgreSQL once :meth:`start_postgres` has started it)."""
         port = _free_port()
         env = {
             **self.env,
             "PREFECT_HOME": str(self.directory / "prefect"),
             "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "1",
         }
+        if self.database_url:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
         env.pop("PREFECT_API_URL", None)
         proc = self.start(
             "prefect", [self._bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env
@@ -198,8 +269,9 @@ class LocalStack:
         if self.s3 is not None:
             self.s3.stop()
             self.s3 = None
-        for name in list(self.procs):
+        for name in [n for n in self.procs if n != "postgres"]:
             self.stop(name)
+        self.stop("postgres", sig=signal.SIGINT)  # last, once its clients are gone; SIGINT: fast shutdown
 
     def __enter__(self) -> LocalStack:
         return self
