@@ -361,22 +361,34 @@ def classify_objects(
         spool = ObjectSpool()
         spool.add(objects)
     forget = getattr(ledger, "forget", None)
+    with spool.sorting():
+        _sort_against(spool, ledger, replace, only, forget)
+    return Discovery.of(spool)
+
+
+def _sort_against(
+    spool: ObjectSpool, ledger: Mapping[str, Any], replace: bool, only: set[str] | None, forget: Any
+) -> None:
+    def lookup(url: str) -> tuple[str, str] | None:
+        row = ledger.get(url)
+        return (row.etag, row.status) if row is not None else None
+
+    known = getattr(ledger, "state", lookup)  # the ledger index answers without making rows
     for _, group in spool.by_shard():
         states = []
-        for url, etag in group:
-            row = ledger.get(url)
+        for key, url, etag in group:
+            found = known(url)
             if only is not None and url not in only:
                 state = IGNORED
-            elif row is None or row.status in ("removed", "deferred"):  # deferred objects are tried by every run
+            elif found is None or found[1] in ("removed", "deferred"):  # deferred objects are tried by every run
                 state = PENDING
-            elif row.etag != etag:
-                state = PENDING if replace or row.status == "quarantined" else CHANGED
-            elif row.status == "quarantined":
+            elif found[0] != etag:
+                state = PENDING if replace or found[1] == "quarantined" else CHANGED
+            elif found[1] == "quarantined":
                 state = KNOWN_BAD
             else:
                 state = UNCHANGED
-            states.append((state, row is not None, url))
+            states.append((state, found is not None, key))
         spool.set_states(states)
         if forget is not None:
             forget()  # the next shard's rows replace this one's
-    return Discovery.of(spool)

@@ -102,6 +102,7 @@ class LedgerIndex(Mapping[str, LedgerRow]):
         self._group = group
         self._url_shards: dict[int, dict[str, Any]] = {}
         self._cell_shards: dict[int, dict[str, Any]] = {}
+        self._arrays: dict[str, Any] = {}  # the index's arrays, looked up once
 
     @classmethod
     def empty(cls) -> LedgerIndex:
@@ -116,6 +117,15 @@ class LedgerIndex(Mapping[str, LedgerRow]):
             return row
         data = self._url_shard(shard_of(url, self.shards)).get(url) if self.shards else None
         return self._row(url, data) if data is not None else default
+
+    def state(self, url: str) -> tuple[str, str] | None:
+        """``(etag, status)`` of an object's current row, without making the row (sorting a listing
+        of the whole archive asks this of every object)."""
+        row = self.tail.get(url)
+        if row is not None:
+            return row.etag, row.status
+        data = self._url_shard(shard_of(url, self.shards)).get(url) if self.shards else None
+        return (data.get("etag", ""), data.get("status", "")) if data is not None else None
 
     def __getitem__(self, url: str) -> LedgerRow:
         row = self.get(url)
@@ -200,9 +210,12 @@ class LedgerIndex(Mapping[str, LedgerRow]):
         return self._cell_shards[shard]
 
     def _read(self, name: str, shard: int) -> dict[str, Any]:
-        if self._group is None or name not in self._group:
+        if name not in self._arrays:
+            self._arrays[name] = self._group[name] if self._group is not None and name in self._group else None
+        array = self._arrays[name]
+        if array is None:
             return {}
-        text = str(self._group[name][shard])
+        text = str(array[shard])
         return orjson.loads(text) if text else {}
 
 

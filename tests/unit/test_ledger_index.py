@@ -146,19 +146,19 @@ def test_a_listing_is_sorted_against_the_index_one_shard_at_a_time(
         for k, (url, row) in enumerate(sorted(truth.items()))
     ] + [SourceObject(f"s3://archive/member_0/n{k}.nc", "e", 1, when, (("member", 0),)) for k in range(5)]
     held: list[int] = []
-    real_get = LedgerIndex.get
+    real_state = LedgerIndex.state
 
-    def watching(self: LedgerIndex, url: str, default: object = None) -> object:
-        found = real_get(self, url, default)
+    def watching(self: LedgerIndex, url: str) -> object:
+        found = real_state(self, url)
         held.append(len(self._url_shards))
         return found
 
-    monkeypatch.setattr(LedgerIndex, "get", watching)
+    monkeypatch.setattr(LedgerIndex, "state", watching)
     spool = ObjectSpool()
     spool.add(objects, index.shard)
     streamed = classify_objects(spool, index)
-    assert max(held) == 1  # one shard of the index in memory at any time
-    monkeypatch.setattr(LedgerIndex, "get", real_get)
+    assert len(held) == len(objects) and max(held) == 1  # one shard of the index in memory at any time
+    monkeypatch.setattr(LedgerIndex, "state", real_state)
     in_memory = classify_objects(objects, truth)  # the same objects against the log's rows, all in memory
     for group in ("pending", "unchanged", "changed", "known_bad"):
         assert [o.url for o in getattr(streamed, group)] == [o.url for o in getattr(in_memory, group)], group
