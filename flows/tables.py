@@ -129,7 +129,8 @@ def copies_lines(copies: list[dict[str, Any]], spec: object = "SPEC") -> None:
         elif not c["made"]:
             console.print(f"native copy {name}: not made yet (icefloe rechunk {spec} {c['name']})")
         else:
+            stale = f"; {c['stale_units']} unit(s) still to write: run icefloe rechunk" if c["stale_units"] else ""
             console.print(
                 f"native copy {name} ({', '.join(c['variables'])}): {100 * c['coverage']:.1f}% of its chunks "
-                f"current, as of snapshot {c['current_to']}"
+                f"current, as of snapshot {c['current_to']}{stale}"
             )

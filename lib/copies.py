@@ -64,6 +64,7 @@ __all__ = [
 COPY_ATTR = "icefloe_copy"
 UNIT_WIDEN = 4  # a unit is widened to a whole number of source chunks only if that grows it at most this much
 TASK_BYTES = 256 * 2**20  # units per executor call: about this many bytes of output
+STALE_SHOWN = 20  # regions still to write that status lists
 
 
 @dataclass(frozen=True)
@@ -613,11 +614,17 @@ def copy_status(store: Store, spec: Spec) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"name": copy.name, "variables": list(copy.variables), "made": record is not None}
         if record is not None and schema is not None:
             arrays = copy_arrays(copy, store, schema)
+            stale = [(a, index) for a in arrays for index in sorted(record.pending_units(a))]
             entry.update(
                 chunks={a.variable: list(a.chunks) for a in arrays},
                 codecs=record.codecs,
                 coverage=round(record.coverage(arrays), 4),
                 current_to=record.snapshot,
+                stale_units=len(stale),
+                stale=[  # the first regions still to write, for a copy whose making was interrupted
+                    {"variable": a.variable, **{d: list(r) for d, r in zip(a.dims, a.part(index), strict=True)}}
+                    for a, index in stale[:STALE_SHOWN]
+                ],
             )
         out.append(entry)
     return out

@@ -15,7 +15,7 @@ import pytest
 import xarray as xr
 
 from lib import copies
-from lib.copies import CopyArray, CopyRecord, _unit_edge, compare_units, copy_arrays, read_record
+from lib.copies import CopyArray, CopyRecord, _unit_edge, compare_units, copy_arrays, copy_status, read_record
 from lib.errors import PublishBlocked, SpecError
 from lib.hierarchy import array_at, open_root
 from lib.ledger import read_schema
@@ -238,6 +238,9 @@ def test_a_rechunk_killed_midway_resumes_where_it_stopped(cube: Spec, workdir: P
     assert repo.lookup_branch("main") == main  # nothing published
     staged = read_record(repo.readonly_session(branch="ingest").store, "ts")
     assert staged is not None and not staged.complete  # the first round is on staging
+    [status] = copy_status(repo.readonly_session(branch="ingest").store, cube)
+    assert (status["coverage"], status["stale_units"]) == (0.25, 3)  # what status shows of such a copy
+    assert status["stale"][0] == {"variable": "tas", "polygon": [0, 1], "time": [4, 6], "lat": [0, 4], "lon": [0, 6]}
 
     done = rechunk_cube(cube, str(uuid.uuid4()), round_calls=1, task_bytes=1)
     assert done["resumed"] and done["published"]
