@@ -26,16 +26,16 @@ from typing import Any
 from lib.errors import StorageError
 from lib.local.seaweedfs import LocalS3, start_local_s3
 
-__all__ = ["LocalStack", "wait_for"]
+__all__ = ["LocalStack", "free_port", "wait_for", "wait_http"]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -78,7 +78,7 @@ class LocalStack:
         self.s3: LocalS3 | None = None
         self.database_url: str | None = None
         self.token = secrets.token_hex(16)
-        self.bridge_port = _free_port()
+        self.bridge_port = free_port()
         self.env["ICEFLOE_WEBHOOK_TOKEN"] = self.token
 
     def _bin(self, name: str) -> str:
@@ -141,7 +141,7 @@ class LocalStack:
                 user=user,
                 check=True,
             )
-        port = _free_port()
+        port = free_port()
         log = open(log_path, "ab")  # noqa: SIM115 (the process writes it for its life)
         proc = subprocess.Popen(
             [postgres, "-D", str(data / "db"), "-p", str(port), "-h", "127.0.0.1", "-k", ""],
@@ -171,7 +171,7 @@ class LocalStack:
     def start_prefect(self) -> str:
         """A Prefect server of this stack's own (its database in the stack's directory: SQLite, or the
         stack's PostgreSQL once :meth:`start_postgres` has started it)."""
-        port = _free_port()
+        port = free_port()
         env = {
             **self.env,
             "PREFECT_HOME": str(self.directory / "prefect"),
@@ -184,7 +184,7 @@ class LocalStack:
             "prefect", [self._bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env
         )
         self.api = f"http://127.0.0.1:{port}/api"
-        _wait_http(f"{self.api}/health", 120, proc)
+        wait_http(f"{self.api}/health", 120, proc)
         self.env["PREFECT_API_URL"] = self.api
         return self.api
 
@@ -212,7 +212,7 @@ class LocalStack:
                 str(self.directory / "dead-letters.jsonl"),
             ],
         )
-        _wait_http(f"http://127.0.0.1:{self.bridge_port}/", 60, proc)
+        wait_http(f"http://127.0.0.1:{self.bridge_port}/", 60, proc)
 
     def serve(self, spec_path: Path, *extra: str) -> None:
         self.start("serve", [self._bin("icefloe"), "serve", str(spec_path), *extra])
