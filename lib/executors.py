@@ -67,10 +67,20 @@ class Executor:
         self.close()
 
 
+STORE_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+def _worker_env() -> dict[str, str | None]:
+    """What a worker takes over from the run that starts it (None: unset there): the object store's
+    settings and credentials (``AWS_*``) and the test hooks."""
+    names = {*STORE_ENV, *(k for k in os.environ if k.startswith("AWS_"))}
+    return {**{k: os.environ.get(k) for k in sorted(names)}, **hooks_in_effect()}
+
+
 def _init_worker(hooks: dict[str, str | None]) -> None:
     """Set up a parse worker process: cap malloc's arenas, die with the process that started it, and
-    take the test hooks of the run that started it (the forkserver that forks workers may be older
-    than the run, and carries the environment it was started with)."""
+    take the environment of the run that started it (credentials, test hooks): the forkserver that
+    forks workers may be older than the run, and carries the environment it was started with."""
     limit_arenas()
     _exit_with_parent()
     for name, value in hooks.items():
@@ -128,7 +138,7 @@ class PoolExecutor(Executor):
                     self.workers,
                     mp_context=multiprocessing.get_context("forkserver"),
                     initializer=_init_worker,
-                    initargs=(hooks_in_effect(),),
+                    initargs=(_worker_env(),),
                 )
         return self._pool
 

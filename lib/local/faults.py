@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 
-__all__ = ["HANG_ENV", "KILL_ENV", "POINTS", "checkpoint", "hang_if_asked", "hooks_in_effect"]
+__all__ = ["COPY_POINTS", "HANG_ENV", "KILL_ENV", "POINTS", "checkpoint", "hang_if_asked", "hooks_in_effect"]
 
 KILL_ENV = "ICEFLOE_KILL_AT"
 POINTS = (
@@ -22,8 +22,8 @@ POINTS = (
     "staging-committed",  # every batch committed to staging, no check run
     "checks-done",  # checks run (and quarantines committed), main not moved
     "publishing",  # about to move main
-    "copy-round",  # a native copy's first round of units committed to staging, the rest not written
 )
+COPY_POINTS = ("copy-round",)  # `icefloe rechunk`: a copy's first round of units on staging, the rest not written
 
 
 def checkpoint(point: str) -> None:

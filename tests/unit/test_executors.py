@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 KILLED_RUN = """
@@ -47,3 +49,19 @@ def test_worker_processes_go_when_their_run_is_killed(tmp_path: Path) -> None:
     for pid in left:  # do not leave them to the next test either
         os.kill(pid, 9)
     assert not left, f"processes of the killed run still running: {left}"
+
+
+def test_workers_take_the_credentials_of_the_run_not_of_the_forkserver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The forkserver outlives runs (a served deployment, a test session); credentials that changed
+    since it started (a rotated session token, another store) must reach the workers of a new run."""
+    from lib.executors import PoolExecutor
+
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    with PoolExecutor("processes", 1) as first:  # the forkserver starts with no token in the environment
+        assert first.map(os.getenv, [("AWS_SESSION_TOKEN",)]) == [None]
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "rotated")
+    with PoolExecutor("processes", 1) as second:
+        assert second.map(os.getenv, [("AWS_SESSION_TOKEN",)]) == ["rotated"]
+    monkeypatch.delenv("AWS_SESSION_TOKEN")
+    with PoolExecutor("processes", 1) as third:  # and one unset since is unset in the workers too
+        assert third.map(os.getenv, [("AWS_SESSION_TOKEN",)]) == [None]
