@@ -118,12 +118,14 @@ def coverage_table(cov: Any, name: str) -> None:
 
 def copies_lines(copies: list[dict[str, Any]], spec: object = "SPEC") -> None:
     """One line per native copy: what a rechunk run wrote (its result), or how current it is (status)."""
+    from lib.copies import size_text
+
     for c in copies:
         name = escape(c["name"])
         if "units" in c:
             console.print(
                 f"native copy [bold]{name}[/]: {c['units']} of {c['total_units']} unit(s) written "
-                f"({c['bytes'] / 2**20:.1f} MiB), {100 * c['coverage']:.0f}% current; "
+                f"({size_text(c['bytes'])}), {100 * c['coverage']:.0f}% current; "
                 f"open it with xr.open_zarr(store, group={c['name']!r})"
             )
         elif not c["made"]:

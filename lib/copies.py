@@ -56,6 +56,7 @@ __all__ = [
     "dirty_units",
     "ensure_copy",
     "read_record",
+    "size_text",
     "stage_copies",
     "unit_tasks",
     "write_units",
@@ -600,6 +601,11 @@ def stage_copies(
         result.problems = compare_units(checked, arrays, written, sample, seed)
         results.append(result)
     return results
+
+
+def size_text(nbytes: int) -> str:
+    """Bytes for people: KiB below a MiB, MiB above."""
+    return f"{nbytes / 2**10:.1f} KiB" if nbytes < 2**20 else f"{nbytes / 2**20:.1f} MiB"
 
 
 def copy_status(store: Store, spec: Spec) -> list[dict[str, Any]]:

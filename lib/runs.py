@@ -376,7 +376,7 @@ class CubeRun:
         An update brings along the copies the cube has (``icefloe rechunk`` makes them); a full build
         makes anew those main had.
         """
-        from lib.copies import read_record, stage_copies
+        from lib.copies import read_record, size_text, stage_copies
 
         assert self.state is not None
         if self.repo is None or not self.spec.native_copies or any(f.scope == CUBE for f in self.findings):
@@ -391,7 +391,7 @@ class CubeRun:
         results = stage_copies(self.repo, self.spec, self.state, self.info, self.executor, copies, create=create)
         for r in results:
             self.summary.notes.append(
-                f"native copy {r.name}: {r.units} of {r.total_units} unit(s) written ({r.bytes / 2**20:.1f} MiB)"
+                f"native copy {r.name}: {r.units} of {r.total_units} unit(s) written ({size_text(r.bytes)})"
             )
             self.findings += [Finding("native-copy", CUBE, p) for p in r.problems]
         self.staged = self.repo.lookup_branch(self.spec.repo.staging)

@@ -9,6 +9,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
+from lib.copies import size_text
 from lib.runs import CubeRun, rechunk_cube
 from lib.spec import Spec
 from tasks import RETRYING
@@ -18,11 +19,11 @@ def _log_copies(copies: list[dict[str, Any]]) -> None:
     logger = get_run_logger()
     for c in copies:
         logger.info(
-            "native copy %s: %d of %d unit(s) written, %.1f MiB, %.0f%% current",
+            "native copy %s: %d of %d unit(s) written, %s, %.0f%% current",
             c["name"],
             c["units"],
             c["total_units"],
-            c["bytes"] / 2**20,
+            size_text(c["bytes"]),
             100 * c["coverage"],
         )
         for problem in c["problems"]:
