@@ -15,7 +15,8 @@ The copy's record (the group's ``icefloe_copy`` attribute) says what the copy is
 ledger's length and the moves log's length when it was last written, and, while it is being built,
 which units are still to write. Every later update of the cube rewrites only the units its new
 ledger rows and moves touch, in the same staging cycle, so a copy is never published out of step
-with its virtual data.
+with its virtual data. This module says what a copy is made of and what is stale; :mod:`lib.rechunk`
+writes it.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ from __future__ import annotations
 import base64
 import itertools
 import math
-import random
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,8 +32,7 @@ import numpy as np
 
 from lib.errors import SpecError
 from lib.hierarchy import array_at, open_root
-from lib.ledger import META_GROUP, iter_rows, ledger_size, read_moves
-from lib.local.faults import checkpoint
+from lib.ledger import META_GROUP, iter_rows, read_moves
 from lib.validation import CubeSchema
 
 if TYPE_CHECKING:
@@ -50,16 +49,13 @@ __all__ = [
     "COPY_ATTR",
     "CopyArray",
     "CopyRecord",
-    "compare_units",
     "copy_arrays",
     "copy_status",
     "dirty_units",
     "ensure_copy",
     "read_record",
     "size_text",
-    "stage_copies",
     "unit_tasks",
-    "write_units",
 ]
 
 COPY_ATTR = "icefloe_copy"
@@ -423,184 +419,6 @@ def unit_tasks(arrays: Sequence[CopyArray], units: Parts, task_bytes: int = TASK
         ordered = [(array.variable, index, parts[index]) for index in sorted(parts)]
         tasks += [ordered[i : i + per_call] for i in range(0, len(ordered), per_call)]
     return tasks
-
-
-# -- writing and comparing -------------------------------------------------------------------------
-
-
-def write_units(
-    spec: Spec, snapshot: str, fork: Any, arrays: Sequence[CopyArray], units: Task
-) -> tuple[Any, dict[str, int]]:
-    """In a worker: read each unit's changed part through the virtual arrays at ``snapshot`` and
-    write it into the copy in ``fork``; returns the fork (to merge) and the bytes read and written
-    (uncompressed; Zarr rewrites each native chunk the part touches whole)."""
-    from lib.repository import open_repository
-
-    repo = open_repository(spec)
-    assert repo is not None
-    source_root = open_root(repo.readonly_session(snapshot_id=snapshot).store)
-    target_root = open_root(fork.store, "r+")
-    by_name = {a.variable: a for a in arrays}
-    done = {"units": 0, "bytes": 0}
-    for variable, _, part in units:
-        array = by_name[variable]
-        region = tuple(slice(a, b) for a, b in part)
-        values = array_at(source_root, variable)[region]
-        array_at(target_root, array.path)[region] = values
-        done["units"] += 1
-        done["bytes"] += int(np.asarray(values).nbytes)
-    return fork, done
-
-
-def compare_units(
-    store: Store,
-    arrays: Sequence[CopyArray],
-    written: dict[str, set[tuple[int, ...]]],
-    sample: int,
-    seed: int | None = None,
-) -> list[str]:
-    """Read ``sample`` of the written units (at least one per array written) through the virtual
-    arrays and through the copy, and say where they are not bit-identical."""
-    rng = random.Random(seed)
-    root = open_root(store)
-    problems = []
-    for array in arrays:
-        units = sorted(written.get(array.variable, ()))
-        if not units:
-            continue
-        for index in rng.sample(units, min(len(units), max(1, sample))):
-            region = array.region(index)
-            virtual = np.asarray(array_at(root, array.variable)[region])
-            native = np.asarray(array_at(root, array.path)[region])
-            if virtual.dtype != native.dtype or virtual.tobytes() != native.tobytes():
-                where = ", ".join(f"{d}={s.start}:{s.stop}" for d, s in zip(array.dims, region, strict=True))
-                problems.append(
-                    f"native copy {array.copy!r}: {array.variable} at {where} differs from the virtual data "
-                    f"({int(np.sum(virtual != native))} value(s))"
-                )
-    return problems
-
-
-# -- one staging cycle -----------------------------------------------------------------------------
-
-
-@dataclass
-class CopyResult:
-    """What bringing one copy up to date did."""
-
-    name: str
-    created: bool
-    units: int = 0  # written in this run
-    total_units: int = 0
-    bytes: int = 0  # uncompressed, read through the virtual arrays and written natively
-    coverage: float = 1.0
-    problems: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-def stage_copies(
-    repo: icechunk.Repository,
-    spec: Spec,
-    state: Any,
-    run: Any,
-    executor: Any,
-    copies: Sequence[NativeCopy],
-    *,
-    create: bool,
-    progress: Callable[[str, int, int], None] | None = None,
-    round_calls: int | None = None,
-    task_bytes: int = TASK_BYTES,
-    sample: int = 4,
-    seed: int | None = None,
-) -> list[CopyResult]:
-    """Bring ``copies`` up to date with staging's virtual arrays, in staging commits.
-
-    Copies that do not exist yet are made only with ``create`` (``icefloe rechunk``); an update of
-    the cube brings the existing ones along. Units are written ``round_calls`` executor calls at a
-    time, each round one commit that also records which units are still to write, so a crash loses
-    at most a round. ``progress(copy, done, total)`` is told after each round. Sampled written units
-    are compared with the virtual data at the end (:attr:`CopyResult.problems`).
-
-    Raises
-    ------
-    StorageError
-        A worker could not read the virtual data or write the copy (after its retries).
-    """
-    from lib.errors import StorageError
-    from lib.ledger import read_schema
-    from lib.repository import commit_session
-    from lib.staging import _metadata
-    from lib.state import read_axes
-
-    snapshot = repo.lookup_branch(spec.repo.staging)
-    store = repo.readonly_session(snapshot_id=snapshot).store
-    schema = read_schema(store)
-    if schema is None:
-        return []
-    axes = read_axes(store, schema)
-    length, moves = ledger_size(store), len(read_moves(store))
-    calls_per_round = round_calls or max(8, 4 * max(1, int(getattr(executor, "workers", 1))))
-    results = []
-    for copy in copies:
-        existed = read_record(store, copy.name)
-        if existed is None and not create:
-            continue
-        session = repo.writable_session(spec.repo.staging)
-        arrays, record, made = ensure_copy(session, copy, schema)
-        result = CopyResult(copy.name, created=made)
-        if made or record.ledger_at > length:  # new (or made for another ledger): every unit is pending
-            record.ledger_at, record.moves_at = length, moves
-            record.set_all_pending(arrays)
-        units = dirty_units(store, schema, axes, arrays, record, getattr(state, "ledger", None))
-        result.total_units = sum(math.prod(a.grid) for a in arrays)
-        tasks = unit_tasks(arrays, units, task_bytes)
-        todo = sum(len(t) for t in tasks)
-        if not todo and (record.ledger_at, record.moves_at) == (length, moves) and not session.has_uncommitted_changes:
-            results.append(CopyResult(copy.name, False, total_units=result.total_units, coverage=1.0))
-            continue  # up to date
-        written: dict[str, set[tuple[int, ...]]] = {}
-        if progress is not None:
-            progress(copy.name, 0, todo)
-        for start in range(0, max(len(tasks), 1), calls_per_round):
-            chunk = tasks[start : start + calls_per_round]
-            if chunk:
-                forks = [session.fork() for _ in chunk]
-                calls = [(spec, snapshot, fork, arrays, task) for fork, task in zip(forks, chunk, strict=True)]
-                done = executor.map(write_units, calls)
-                failed = [d for d in done if not isinstance(d, tuple)]
-                if failed:
-                    raise StorageError(
-                        f"native copy {copy.name!r}: {len(failed)} write call(s) failed, e.g. {failed[0]}"
-                    )
-                session.merge(*(fork for fork, _ in done))
-                for task in chunk:
-                    for variable, index, _ in task:
-                        written.setdefault(variable, set()).add(index)
-                result.units += sum(stats["units"] for _, stats in done)
-                result.bytes += sum(stats["bytes"] for _, stats in done)
-            finished = start + calls_per_round >= len(tasks)
-            for array in arrays:
-                record.set_pending(array, units.get(array.variable, {}).keys() - written.get(array.variable, set()))
-            if finished:
-                record.ledger_at, record.moves_at, record.snapshot = length, moves, snapshot
-            write_record(session, copy.name, record)
-            commit_session(
-                session,
-                f"{run.operation}: native copy {copy.name}, {result.units}/{todo} unit(s) written",
-                _metadata(state, run, "copy", copy=copy.name, units=result.units, of=todo),
-            )
-            if progress is not None:
-                progress(copy.name, result.units, todo)
-            if not finished:
-                checkpoint("copy-round")
-                session = repo.writable_session(spec.repo.staging)
-        result.coverage = record.coverage(arrays)
-        checked = repo.readonly_session(branch=spec.repo.staging).store
-        result.problems = compare_units(checked, arrays, written, sample, seed)
-        results.append(result)
-    return results
 
 
 def size_text(nbytes: int) -> str:

@@ -376,7 +376,8 @@ class CubeRun:
         An update brings along the copies the cube has (``icefloe rechunk`` makes them); a full build
         makes anew those main had.
         """
-        from lib.copies import read_record, size_text, stage_copies
+        from lib.copies import read_record, size_text
+        from lib.rechunk import stage_copies
 
         assert self.state is not None
         if self.repo is None or not self.spec.native_copies or any(f.scope == CUBE for f in self.findings):
@@ -525,60 +526,3 @@ def nativize_cube(
         snapshot = stage_run_record(repo, spec, state, info, started, time.monotonic() - clock)
         publish(repo, spec, snapshot, state.main)
     return {"nativized": done, "snapshot": repo.lookup_branch(spec.repo.branch), "published": snapshot is not None}
-
-
-def rechunk_cube(
-    spec: Spec,
-    run_id: str,
-    flow_run: str | None = None,
-    names: list[str] | None = None,
-    progress: Any = None,
-    **tuning: Any,
-) -> dict[str, Any]:
-    """Create the spec's native copies (or ``names`` of them), or bring them up to date, and publish.
-
-    Resumable: a rerun after a crash continues from the units the interrupted run committed to
-    staging. The written units are compared with the virtual data before anything is published.
-    ``tuning`` goes to :func:`~lib.copies.stage_copies` (``round_calls``, ``task_bytes``).
-
-    Raises
-    ------
-    SpecError
-        The spec lists no native copies, or none called one of ``names``, or a copy does not fit the cube.
-    IcefloeError
-        There is no cube yet.
-    PublishBlocked
-        A copy differs from the virtual data: main did not move.
-    ConflictError
-        Another writer moved main or staging meanwhile.
-    """
-    from lib.copies import stage_copies
-    from lib.errors import IcefloeError
-
-    copies = spec.chosen_copies(names)
-    repo = open_repository(spec)
-    if repo is None:
-        raise IcefloeError(f"no cube at {spec.repo.url} yet: run `icefloe build` first")
-    info = RunInfo(run_id=run_id, operation="rechunk", flow_run=flow_run)
-    state = read_cube_state(repo, spec, "rechunk")
-    if state.schema is None:
-        raise IcefloeError(f"the cube at {spec.repo.url} has no data yet: run `icefloe build` first")
-    started, clock = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), time.monotonic()
-    with make_executor(spec.execution) as executor:
-        results = stage_copies(repo, spec, state, info, executor, copies, create=True, progress=progress, **tuning)
-    problems = [p for r in results for p in r.problems]
-    staged = repo.lookup_branch(spec.repo.staging)
-    if problems:
-        reset_branch(repo, spec.repo.staging, state.main, expected=staged)
-        raise PublishBlocked("native copy check failed, main was not moved: " + "; ".join(problems[:3]))
-    published = staged != state.main
-    if published:
-        staged = stage_run_record(repo, spec, state, info, started, time.monotonic() - clock)
-        publish(repo, spec, staged, state.main)
-    return {
-        "copies": [r.to_json() for r in results],
-        "snapshot": repo.lookup_branch(spec.repo.branch),
-        "published": published,
-        "resumed": state.resumed,
-        "seconds": round(time.monotonic() - clock, 3),
-    }

@@ -10,7 +10,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
 from lib.copies import size_text
-from lib.runs import CubeRun, rechunk_cube
+from lib.rechunk import rechunk_cube
+from lib.runs import CubeRun
 from lib.spec import Spec
 from tasks import RETRYING
 

@@ -97,7 +97,7 @@ def test_a_native_copy_on_s3_over_worker_processes(
     virtual data from S3 there and come back to be merged."""
     import uuid
 
-    from lib.runs import rechunk_cube
+    from lib.rechunk import rechunk_cube
 
     root = tmp_path / "archive"
     shape = DemoShape(polygons=2, months=2, steps=2)

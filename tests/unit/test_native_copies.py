@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from lib import copies
-from lib.copies import CopyArray, CopyRecord, _unit_edge, compare_units, copy_arrays, copy_status, read_record
+from lib import rechunk
+from lib.copies import CopyArray, CopyRecord, _unit_edge, copy_arrays, copy_status, read_record
 from lib.errors import PublishBlocked, SpecError
 from lib.hierarchy import array_at, open_root
 from lib.ledger import read_schema
 from lib.pipeline import Step, run_steps
-from lib.runs import CubeRun, rechunk_cube
+from lib.rechunk import compare_units, rechunk_cube
+from lib.runs import CubeRun
 from lib.spec import Spec
 from tests.helpers import dataset, make_spec, open_files, open_repo, read_cube, run_cube, write_nc4
 
@@ -218,7 +219,7 @@ def test_a_rechunk_killed_midway_resumes_where_it_stopped(cube: Spec, workdir: P
     main = open_repo(cube).lookup_branch("main")
     script = (
         "import sys, uuid\n"
-        "from lib.spec import load_spec\nfrom lib.runs import rechunk_cube\n"
+        "from lib.spec import load_spec\nfrom lib.rechunk import rechunk_cube\n"
         "rechunk_cube(load_spec(sys.argv[1]), str(uuid.uuid4()), round_calls=1, task_bytes=1)\n"
     )
     spec_path = workdir / "cube.yaml"
@@ -251,7 +252,7 @@ def test_a_rechunk_killed_midway_resumes_where_it_stopped(cube: Spec, workdir: P
 def test_a_copy_that_differs_from_the_virtual_data_blocks_the_publish(
     cube: Spec, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    write_units = copies.write_units
+    write_units = rechunk.write_units
 
     def off_by_one(*args: Any) -> Any:  # a writer with a bug: every value one too high
         fork, done = write_units(*args)
@@ -260,7 +261,7 @@ def test_a_copy_that_differs_from_the_virtual_data_blocks_the_publish(
         target[...] = np.asarray(target[...]) + 1
         return fork, done
 
-    monkeypatch.setattr(copies, "write_units", off_by_one)
+    monkeypatch.setattr(rechunk, "write_units", off_by_one)
     main = open_repo(cube).lookup_branch("main")
     with pytest.raises(PublishBlocked, match=r"native copy 'ts': tas at polygon=\d+:\d+, time=\d+:\d+.* differs"):
         rechunk_cube(cube, str(uuid.uuid4()))
