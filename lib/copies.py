@@ -361,7 +361,7 @@ def dirty_units(
     with the part of it that changed: where the ledger rows since then put (or took) an object,
     where ``earlier`` (the ledger as the run found it) had those objects before, everything from
     where a logged move opened room, and the whole of every unit still pending."""
-    from lib.staging import _placement_of
+    from lib.staging import placement_of
 
     moves = [_move(m) for m in read_moves(store)]
     boxes: list[dict[str, tuple[int, int]]] = []
@@ -370,7 +370,7 @@ def dirty_units(
         if not row.ranges or not row.fields:
             return
         try:
-            placement = _placement_of(row, axes, moves[row.moves :])
+            placement = placement_of(row, axes, moves[row.moves :])
         except (KeyError, ValueError):  # a cell no longer in the axes: nothing of it to copy
             return
         box = {d: (i, i + 1) for d, i in zip(schema.pattern, placement.cell, strict=True)}

@@ -20,13 +20,13 @@ import numpy as np
 
 from lib.copies import TASK_BYTES, CopyArray, Task, dirty_units, ensure_copy, read_record, unit_tasks, write_record
 from lib.errors import IcefloeError, PublishBlocked, StorageError
-from lib.executors import make_executor
+from lib.executors import Executor, make_executor
 from lib.hierarchy import array_at, open_root
 from lib.ledger import ledger_size, read_moves, read_schema
 from lib.local.faults import checkpoint
 from lib.repository import commit_session, open_repository, publish, reset_branch
-from lib.staging import RunInfo, _metadata, stage_run_record
-from lib.state import read_axes, read_cube_state
+from lib.staging import RunInfo, commit_metadata, stage_run_record
+from lib.state import CubeState, read_axes, read_cube_state
 
 if TYPE_CHECKING:
     import icechunk
@@ -107,9 +107,9 @@ class CopyResult:
 def stage_copies(
     repo: icechunk.Repository,
     spec: Spec,
-    state: Any,
-    run: Any,
-    executor: Any,
+    state: CubeState,
+    run: RunInfo,
+    executor: Executor,
     copies: Sequence[NativeCopy],
     *,
     create: bool,
@@ -139,7 +139,7 @@ def stage_copies(
         return []
     axes = read_axes(store, schema)
     length, moves = ledger_size(store), len(read_moves(store))
-    calls_per_round = round_calls or max(8, 4 * max(1, int(getattr(executor, "workers", 1))))
+    calls_per_round = round_calls or max(8, 4 * max(1, executor.workers))
     results = []
     for copy in copies:
         existed = read_record(store, copy.name)
@@ -151,7 +151,7 @@ def stage_copies(
         if made or record.ledger_at > length:  # new (or made for another ledger): every unit is pending
             record.ledger_at, record.moves_at = length, moves
             record.set_all_pending(arrays)
-        units = dirty_units(store, schema, axes, arrays, record, getattr(state, "ledger", None))
+        units = dirty_units(store, schema, axes, arrays, record, state.ledger)
         result.total_units = sum(math.prod(a.grid) for a in arrays)
         tasks = unit_tasks(arrays, units, task_bytes)
         todo = sum(len(t) for t in tasks)
@@ -187,7 +187,7 @@ def stage_copies(
             commit_session(
                 session,
                 f"{run.operation}: native copy {copy.name}, {result.units}/{todo} unit(s) written",
-                _metadata(state, run, "copy", copy=copy.name, units=result.units, of=todo),
+                commit_metadata(state, run, "copy", copy=copy.name, units=result.units, of=todo),
             )
             if progress is not None:
                 progress(copy.name, result.units, todo)

@@ -52,7 +52,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RunInfo",
+    "commit_metadata",
     "manifest_split",
+    "placement_of",
     "refusal_rows",
     "run_checks",
     "stage_batch",
@@ -71,7 +73,7 @@ class RunInfo:
     flow_run: str | None = None
 
 
-def _metadata(state: CubeState, run: RunInfo, stage: str, **counts: Any) -> dict[str, Any]:
+def commit_metadata(state: CubeState, run: RunInfo, stage: str, **counts: Any) -> dict[str, Any]:
     meta = {
         "operation": run.operation,
         "stage": stage,
@@ -186,7 +188,7 @@ def stage_prepare(
         session,
         f"{run.operation}: prepare {plan.accepted} object(s), {len(plan.quarantined)} quarantined, "
         f"{len(plan.waiting)} deferred{moved}",
-        _metadata(
+        commit_metadata(
             state,
             run,
             "prepare",
@@ -203,7 +205,7 @@ def _clear_replaced(store: IcechunkStore, plan: Plan, state: CubeState) -> None:
     """Objects being re-ingested leave their old place first (they may land elsewhere, or nowhere)."""
     assert plan.schema is not None
     rows = [state.ledger[url] for url in plan.replaced]
-    old = [_placement_of(row, plan.axes, plan.moves) for row in rows]
+    old = [placement_of(row, plan.axes, plan.moves) for row in rows]
     emptied = _emptied(state.ledger, rows, plan.replaced, plan.axes)
     clear_blocks(store, plan.schema, plan.axes, old, cells_emptied=emptied)
 
@@ -214,7 +216,7 @@ def _emptied(ledger: LedgerIndex, rows: Iterable[LedgerRow], leaving: Set[str], 
     return {axes.cell_of(fields.items()) for fields in cells.values() if not set(ledger.cell(fields).rows) - leaving}
 
 
-def _placement_of(row: LedgerRow, axes: Axes, moves: Sequence[Move] = ()) -> Placement:
+def placement_of(row: LedgerRow, axes: Axes, moves: Sequence[Move] = ()) -> Placement:
     """Where a ledger row's object sits, after ``moves`` (the row's positions are as of its reading)."""
     ranges = []
     for d, (a, b) in row.ranges.items():
@@ -254,7 +256,9 @@ def stage_batch(
     snapshot = commit_session(
         session,
         f"{run.operation}: batch {batch + 1}/{len(plan.batches)}, {len(items)} object(s), {refs} refs",
-        _metadata(state, run, "batch", batch=batch + 1, batches=len(plan.batches), ingested=len(items), refs=refs),
+        commit_metadata(
+            state, run, "batch", batch=batch + 1, batches=len(plan.batches), ingested=len(items), refs=refs
+        ),
     )
     return snapshot, refs
 
@@ -277,7 +281,7 @@ def run_checks(
     axes = read_axes(store, schema)
     findings = structural_findings(store, schema, axes, spec.checks.monotonic, spec.checks.regular)
     added = [r for r in iter_current(store, state.ledger_base) if r.status == INGESTED]
-    candidates = (SpotSample(_placement_of(r, axes), r.format, r.layout) for r in added)
+    candidates = (SpotSample(placement_of(r, axes), r.format, r.layout) for r in added)
     samples = choose_samples(candidates, spec.checks.spot_check.files, seed=seed)
     findings += spot_check(
         store, schema, samples, registry, chunks_per_variable=spec.checks.spot_check.chunks_per_variable, seed=seed
@@ -285,7 +289,7 @@ def run_checks(
     if spec.checks.expectations:  # Great Expectations, on the decoded coordinates and the sampled files' values
         cube = xr.open_zarr(store, consolidated=False, chunks=None, decode_times=decode_times(schema))
         owners = new_value_owners(
-            schema, None if state.fresh else state.axes, axes, [_placement_of(r, axes) for r in added]
+            schema, None if state.fresh else state.axes, axes, [placement_of(r, axes) for r in added]
         )
         names = coordinate_names(schema)
         values = {str(name): np.asarray(cube[name].values) for name in cube.variables if name in names}
@@ -324,7 +328,7 @@ def stage_quarantine(
         row = ledger.get(url)
         if row is None or row.status != INGESTED:
             continue
-        placements.append(_placement_of(row, axes))
+        placements.append(placement_of(row, axes))
         leaving.append(row)
         rows.append(
             LedgerRow(
@@ -343,7 +347,9 @@ def stage_quarantine(
     append_rows(store, rows)
     verb = "quarantine" if status == QUARANTINED else "remove"
     return commit_session(
-        session, f"{run.operation}: {verb} {len(rows)} object(s)", _metadata(state, run, verb, quarantined=len(rows))
+        session,
+        f"{run.operation}: {verb} {len(rows)} object(s)",
+        commit_metadata(state, run, verb, quarantined=len(rows)),
     )
 
 
@@ -377,7 +383,7 @@ def stage_run_record(
     }
     append_run(session.store, record)
     fold_index(session.store)  # main's index matches its log: the run's rows are folded in as it publishes
-    return commit_session(session, f"{run.operation}: record the run", _metadata(state, run, "record"))
+    return commit_session(session, f"{run.operation}: record the run", commit_metadata(state, run, "record"))
 
 
 def stage_nativized(
@@ -397,6 +403,6 @@ def stage_nativized(
     snapshot = commit_session(
         session,
         f"{run.operation}: store {len(done)} coordinate(s) natively: {', '.join(done)}",
-        _metadata(state, run, "nativize", nativized=done),
+        commit_metadata(state, run, "nativize", nativized=done),
     )
     return done, snapshot
