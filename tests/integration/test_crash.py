@@ -111,19 +111,45 @@ def test_kill_at_each_stage_then_rerun(crash_cube: tuple[Path, Spec, Path], icef
         assert_exactly_once(spec, root)
 
 
+def has_staged(spec: Spec) -> bool:
+    """Whether staging holds work that main does not show."""
+    repo = open_repo(spec)
+    return bool(repo.lookup_branch(spec.repo.staging) != repo.lookup_branch("main"))
+
+
+def timed_ingest(cli: str, spec_path: Path, spec: Spec) -> tuple[float, float]:
+    """Run an ingest to its end, watching staging: (seconds the run took, seconds until it first had
+    work on staging that main did not show)."""
+    env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [cli, "ingest", str(spec_path), "--json"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    staged_at = None
+    while proc.poll() is None:
+        if staged_at is None and has_staged(spec):
+            staged_at = time.monotonic() - started
+        time.sleep(0.02)
+    took = time.monotonic() - started
+    assert proc.returncode == 0 and staged_at is not None, (proc.returncode, staged_at)
+    return took, staged_at
+
+
 def test_random_kills_then_rerun(crash_cube: tuple[Path, Spec, Path], icefloe_cli: str) -> None:
-    """Kills at random moments of a run: each must land while the run is alive, some after it has
-    staged work, and every rerun must finish the job exactly once."""
+    """Kills at random moments of a run: each must land while the run is alive, half of them before it
+    stages work and half after, and every rerun must finish the job exactly once."""
     spec_path, spec, root = crash_cube
     rng = random.Random(20261124)
     day = 2
     for member in (1, 2):  # one run without a kill: how long a run of this size takes here, today
         write_day(root, member, day)
-    started = time.monotonic()
-    assert run(icefloe_cli, spec_path).returncode == 0
-    took = time.monotonic() - started
+    took, staged_at = timed_ingest(icefloe_cli, spec_path, spec)
     landed: list[tuple[float, bool]] = []  # per kill: when, and whether the run had staged work by then
-    for _ in range(6):
+    for k in range(6):
         day += 1
         for member in (1, 2):
             write_day(root, member, day)
@@ -135,18 +161,30 @@ def test_random_kills_then_rerun(crash_cube: tuple[Path, Spec, Path], icefloe_cl
             stderr=subprocess.DEVNULL,
             stdin=subprocess.DEVNULL,
         )
-        at = rng.uniform(0.15, 0.8) * took
-        time.sleep(at)
+        # half the kills at a random moment before the last run staged work; half at a random moment
+        # of the time the last run had left once it had staged, counted from when this one stages
+        started = time.monotonic()
+        if k % 2 == 0:
+            time.sleep(rng.uniform(0.15, 0.85) * staged_at)
+        else:
+            while proc.poll() is None and not has_staged(spec):
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 0.4) * (took - staged_at))
+        at = time.monotonic() - started
         proc.send_signal(signal.SIGKILL)
         assert proc.wait() == -signal.SIGKILL, "the run had finished before the kill: the kill landed after it"
         repo = open_repo(spec)
         landed.append((at, repo.lookup_branch(spec.repo.staging) != repo.lookup_branch("main")))
-        started = time.monotonic()
         again = run(icefloe_cli, spec_path)
-        took = max(took, time.monotonic() - started)
         assert again.returncode == 0, again.stderr[-2000:]
         assert_exactly_once(spec, root)
+        day += 1  # a run of the same size, timed, for the next kill
+        for member in (1, 2):
+            write_day(root, member, day)
+        took, staged_at = timed_ingest(icefloe_cli, spec_path, spec)
+        assert_exactly_once(spec, root)
     assert any(staged for _, staged in landed), f"no kill landed after the run had staged work: {landed}"
+    assert not all(staged for _, staged in landed), f"no kill landed before the run staged work: {landed}"
 
 
 def test_two_ingests_at_the_same_moment(crash_cube: tuple[Path, Spec, Path], icefloe_cli: str) -> None:
