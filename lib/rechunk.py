@@ -83,9 +83,19 @@ def compare_units(
                 where = ", ".join(f"{d}={s.start}:{s.stop}" for d, s in zip(array.dims, region, strict=True))
                 problems.append(
                     f"native copy {array.copy!r}: {array.variable} at {where} differs from the virtual data "
-                    f"({int(np.sum(virtual != native))} value(s))"
+                    f"({_differing(virtual, native)} value(s))"
                 )
     return problems
+
+
+def _differing(a: np.ndarray, b: np.ndarray) -> int:
+    """How many values differ bit for bit (a NaN equals the same NaN)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return int(a.size)
+    if a.dtype.itemsize in (1, 2, 4, 8):
+        bits = np.dtype(f"u{a.dtype.itemsize}")
+        return int(np.sum(a.view(bits) != b.view(bits)))
+    return int(np.sum(a != b))
 
 
 @dataclass
@@ -130,7 +140,7 @@ def stage_copies(
     Raises
     ------
     StorageError
-        A worker could not read the virtual data or write the copy (after its retries).
+        A worker could not read the virtual data or write the copy (the step is retried).
     """
     snapshot = repo.lookup_branch(spec.repo.staging)
     store = repo.readonly_session(snapshot_id=snapshot).store

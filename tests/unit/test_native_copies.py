@@ -302,3 +302,12 @@ def test_a_copy_that_does_not_fit_the_cube_is_a_spec_error(workdir: Path, copy: 
     assert e.value.key == "native_copies"
     with pytest.raises(SpecError, match="the spec lists no native_copies"):
         rechunk_cube(make_spec(workdir, PATTERN), "x")
+
+
+def test_values_differ_bit_for_bit_and_a_nan_equals_itself() -> None:
+    from lib.rechunk import _differing
+
+    nan = np.float32("nan")
+    assert _differing(np.array([nan, 1, 2], "f4"), np.array([nan, 1, 3], "f4")) == 1
+    assert _differing(np.array([0.0], "f8"), np.array([-0.0], "f8")) == 1  # equal as numbers, not as bits
+    assert _differing(np.array([1, 2], "i4"), np.array([1, 2], "i8")) == 2  # another dtype: every value
