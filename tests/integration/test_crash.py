@@ -117,18 +117,23 @@ def has_staged(spec: Spec) -> bool:
     return bool(repo.lookup_branch(spec.repo.staging) != repo.lookup_branch("main"))
 
 
-def timed_ingest(cli: str, spec_path: Path, spec: Spec) -> tuple[float, float]:
-    """Run an ingest to its end, watching staging: (seconds the run took, seconds until it first had
-    work on staging that main did not show)."""
+def start_ingest(cli: str, spec_path: Path) -> subprocess.Popen[bytes]:
+    """An ingest in the background, with no kill point set and its output discarded."""
     env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
-    started = time.monotonic()
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [cli, "ingest", str(spec_path), "--json"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,
     )
+
+
+def timed_ingest(cli: str, spec_path: Path, spec: Spec) -> tuple[float, float]:
+    """Run an ingest to its end, watching staging: (seconds the run took, seconds until it first had
+    work on staging that main did not show)."""
+    started = time.monotonic()
+    proc = start_ingest(cli, spec_path)
     staged_at = None
     while proc.poll() is None:
         if staged_at is None and has_staged(spec):
@@ -153,14 +158,7 @@ def test_random_kills_then_rerun(crash_cube: tuple[Path, Spec, Path], icefloe_cl
         day += 1
         for member in (1, 2):
             write_day(root, member, day)
-        env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
-        proc = subprocess.Popen(
-            [icefloe_cli, "ingest", str(spec_path), "--json"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-        )
+        proc = start_ingest(icefloe_cli, spec_path)
         # half the kills at a random moment before the last run staged work; half at a random moment
         # of the time the last run had left once it had staged, counted from when this one stages
         started = time.monotonic()
