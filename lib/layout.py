@@ -345,6 +345,7 @@ class _Planner:
     def place(self, axes: Axes) -> dict[str, Placement]:
         """Each file's cell and ranges; refuses values that are not consecutive."""
         placements: dict[str, Placement] = {}
+        alike: dict[Any, Any] = {}  # cells and ranges repeat from file to file: one tuple each
         for e in self.alive():
             ranges = []
             for dim in self.schema.concat:
@@ -360,7 +361,11 @@ class _Planner:
                     break
                 ranges.append((dim, start, stop))
             else:
-                placements[e.url] = Placement(e.url, axes.cell_of(e.fields), tuple(ranges), e.chunking)
+                cell = alike.get(e.fields)
+                if cell is None:
+                    cell = alike[e.fields] = axes.cell_of(e.fields)
+                shape = tuple(ranges)
+                placements[e.url] = Placement(e.url, cell, alike.setdefault(shape, shape), e.chunking)
         return placements
 
     def chunk_starts(self, placements: dict[str, Placement], axes: Axes, moves: list[Move]) -> None:

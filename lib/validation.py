@@ -213,7 +213,7 @@ class FileEntry:
     shared: dict[str, str]
     cell: dict[str, str]
     ref_count: int
-    spool: tuple[int, int] = (0, 0)
+    spool: int = 0  # the parse batch whose spool file holds its references
     skipped: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = ()
     encoded: dict[str, np.ndarray] = field(default_factory=dict)
@@ -474,6 +474,7 @@ def _encode_group(members: list[FileEntry], dim: str, encoding: dict[str, Any]) 
             failures.update(_encode_group([member], dim, encoding))
         return failures
     start = 0
+    alike: dict[Any, dict[str, np.ndarray]] = {}  # files with the same values share one dict of them
     for member, n in zip(members, sizes, strict=True):
         if problem is not None or values is None:
             shown = ", ".join(f"{k} {coord0.attrs[k]!r}" for k in ("units", "calendar") if k in coord0.attrs)
@@ -482,9 +483,22 @@ def _encode_group(members: list[FileEntry], dim: str, encoding: dict[str, Any]) 
                 f"encoding {_describe_encoding(encoding)}"
             )
         else:
-            member.encoded[dim] = values[start : start + n]
+            member.encoded = _with_encoded(member.encoded, dim, values[start : start + n], alike)
         start += n
     return failures
+
+
+def _with_encoded(
+    encoded: dict[str, np.ndarray], dim: str, values: np.ndarray, alike: dict[Any, dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """``encoded`` with ``values`` along ``dim``: a new dict, shared by every file whose encoded values
+    are the same (an archive repeats its time steps across cells), so a run's memory per file stays
+    small. The dicts are never changed in place."""
+    key = (*((d, id(v)) for d, v in encoded.items() if d != dim), dim, values.dtype.str, values.tobytes())
+    found = alike.get(key)
+    if found is None:
+        found = alike[key] = {**encoded, dim: values}
+    return found
 
 
 def _missing(values: np.ndarray) -> np.ndarray:

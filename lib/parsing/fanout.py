@@ -111,20 +111,28 @@ def summarize_objects(
 
 
 def _compact(entry: FileEntry, shared: dict[Any, Any]) -> None:
-    """Share what files have in common (digests, keys, decoding attributes) instead of a copy per file:
-    the run keeps an entry per file, so its size is the run's memory per file."""
+    """Share what files have in common (digests, keys, decoding attributes, concat values, checksums)
+    instead of a copy per file: the run keeps an entry per file, so its size is the run's memory per
+    file. Shared values are never changed in place."""
     entry.schema_key = sys.intern(entry.schema_key)
     entry.layout_key = sys.intern(entry.layout_key)
     entry.format, entry.parser = sys.intern(entry.format), sys.intern(entry.parser)
-    # files of one cube mostly carry the same digests: one dict for all of them (never mutated)
+    # files of one cube mostly carry the same digests: one dict for all of them
     entry.shared = shared.setdefault(("shared", *sorted(entry.shared.items())), entry.shared)
     entry.cell = shared.setdefault(("cell", *sorted(entry.cell.items())), entry.cell)
     entry.fields = shared.setdefault(("fields", entry.fields), entry.fields)  # one tuple per pattern cell
     if entry.checksum == entry.etag:  # S3: the checksum is the ETag
         entry.checksum = entry.etag
+    else:  # local files: modification times, shared by the files of one second
+        entry.checksum = shared.setdefault(("checksum", entry.checksum), entry.checksum)
     for coord in entry.concat.values():
         key = repr(sorted(coord.attrs.items()))
         coord.attrs = shared.setdefault(key, coord.attrs)
+    # an archive repeats its concat values across cells (the same steps in every polygon)
+    values = tuple((d, id(c.attrs), c.raw.dtype.str, c.raw.shape, c.raw.tobytes()) for d, c in entry.concat.items())
+    entry.concat = shared.setdefault(("concat", values), entry.concat)
+    if not entry.encoded:  # filled in planning, with a new dict (shared by files with the same values)
+        entry.encoded = shared.setdefault("encoded", entry.encoded)
 
 
 def parse_objects(
@@ -158,7 +166,7 @@ def parse_objects(
                 continue
             entry, refs = result
             _compact(entry, shared)
-            entry.spool = (batch, len(spooled))
+            entry.spool = batch
             out.entries.append(entry)
             spooled.append(refs)
 
