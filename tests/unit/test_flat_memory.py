@@ -14,6 +14,7 @@ import pytest
 from obstore.store import LocalStore
 
 from lib import ledger
+from lib.discovery import SourceObject
 from lib.layout import Axes, Placement
 from lib.ledger import (
     INGESTED,
@@ -24,7 +25,6 @@ from lib.ledger import (
     read_ledger,
     read_ledger_index,
 )
-from lib.discovery import SourceObject
 from lib.parsing import ParseOptions, SourceConfig
 from lib.parsing.fanout import ParsedBatch, _compact, summarize_objects
 from lib.planning import Plan, plan_update
@@ -176,7 +176,9 @@ def test_planning_holds_a_few_hundred_bytes_per_file(tmp_path: Path) -> None:
     meta = obstore.head(LocalStore(str(source.parent)), source.name)
     obj = SourceObject(url, meta["e_tag"], meta["size"], meta["last_modified"], (("member", 0), ("region", 0)))
     pattern = {"member": "d", "region": "d"}
-    parsed = summarize_objects([obj], SourceConfig(file_url(source.parent) + "/", None), ParseOptions(("time",)), pattern)
+    parsed = summarize_objects(
+        [obj], SourceConfig(file_url(source.parent) + "/", None), ParseOptions(("time",)), pattern
+    )
     entry, _ = parsed.results[0]  # type: ignore[misc]
     wire = pickle.dumps(entry)  # as a parse worker sends it
     gc.collect()
