@@ -106,13 +106,43 @@ def measure_coverage(repo: icechunk.Repository, spec: Spec, snapshot: str | None
     dims = list(schema.pattern)
     axes = read_axes(store, schema)
     concat = schema.concat[0] if schema.concat else None
-    rows = list(iter_current(store))  # the current row of each object: one per object of the archive
-    refused = [r for r in rows if r.status in (QUARANTINED, DEFERRED)]
+    axis = axes.concat[concat] if concat else np.zeros(1)
+    pattern = compile_pattern(spec.source.pattern)
+
+    def cell_index(row: Any, index_of: list[dict[Any, int]]) -> tuple[int, ...] | None:
+        fields = row.fields or pattern.match(row.url.removeprefix(spec.source.url)) or {}  # older rows: from the URL
+        try:
+            return tuple(index_of[k][fields[d]] for k, d in enumerate(dims))
+        except KeyError:
+            return None
+
+    # One pass over the current rows, a row at a time (a whole archive's rows would not fit): what is in
+    # the cube is marked on the cube's own axes; refused and waiting objects (few) are kept for later,
+    # since the values only they carry widen the map.
+    in_cube = np.zeros((*(max(len(axes.pattern[d]), 1) for d in dims), int(axis.size) if concat else 1), dtype=bool)
+    cube_index_of = [{v: i for i, v in enumerate(axes.pattern[d])} for d in dims]
+    refused = []
+    objects = refs = source_bytes = 0
+    for row in iter_current(store):
+        if row.status in (QUARANTINED, DEFERRED):
+            refused.append(row)
+        if row.status != INGESTED:
+            continue
+        objects += 1
+        refs += row.refs
+        source_bytes += row.size
+        index = cell_index(row, cube_index_of)
+        if index is None:
+            continue
+        if concat and concat in row.ranges:
+            start, stop = row.ranges[concat]
+            in_cube[(*index, slice(start, stop))] = True
+        else:
+            in_cube[index] = True
     labels = []
     for d in dims:  # the cube's values, and those only refused or waiting objects carry
         extra = {r.fields[d] for r in refused if d in r.fields and r.values} - set(axes.pattern[d])
         labels.append(sorted([*axes.pattern[d], *extra]))
-    axis = axes.concat[concat] if concat else np.zeros(1)
     if concat:
         extra_values = [np.asarray(r.values.get(concat, []), dtype=axis.dtype) for r in refused if r.values]
         full = np.unique(np.concatenate([axis, *extra_values])) if extra_values else axis
@@ -120,39 +150,19 @@ def measure_coverage(repo: icechunk.Repository, spec: Spec, snapshot: str | None
         full = axis
     length = int(full.size) if concat else 1
     shape = tuple(max(len(values), 1) for values in labels) if dims else ()
+    index_of = [{v: i for i, v in enumerate(values)} for values in labels]
     covered = np.zeros((*shape, length), dtype=bool)
     quarantined = np.zeros(shape, dtype=np.int64)
     deferred = np.zeros(shape, dtype=np.int64)
-    index_of = [{v: i for i, v in enumerate(values)} for values in labels]
-    where = np.searchsorted(full, axis) if concat else np.zeros(1, dtype=np.int64)  # cube position → full axis
-
-    pattern = compile_pattern(spec.source.pattern)
-
-    def cell_index(row: Any) -> tuple[int, ...] | None:
-        fields = row.fields or pattern.match(row.url.removeprefix(spec.source.url)) or {}  # older rows: from the URL
-        try:
-            return tuple(index_of[k][fields[d]] for k, d in enumerate(dims))
-        except KeyError:
-            return None
-
-    objects = refs = source_bytes = 0
+    # the cube's cells and positions, in the widened map
+    cells = [np.asarray([index_of[k][v] for v in axes.pattern[d]] or [0], dtype=np.intp) for k, d in enumerate(dims)]
+    where = np.searchsorted(full, axis) if concat else np.zeros(1, dtype=np.intp)
+    covered[np.ix_(*cells, where)] = in_cube
     now = dt.datetime.now(dt.UTC)
     waiting = []
-    for row in rows:
-        index = cell_index(row)
-        if row.status == INGESTED:
-            objects += 1
-            refs += row.refs
-            source_bytes += row.size
-            if index is None:
-                continue
-            if concat and concat in row.ranges:
-                start, stop = row.ranges[concat]
-                span: tuple[Any, ...] = (*index, where[start:stop])
-                covered[span] = True
-            else:
-                covered[index] = True
-        elif row.status == QUARANTINED and index is not None:
+    for row in refused:
+        index = cell_index(row, index_of)
+        if row.status == QUARANTINED and index is not None:
             quarantined[index] += 1
         elif row.status == DEFERRED:
             if index is not None:

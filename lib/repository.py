@@ -41,7 +41,7 @@ os.environ.setdefault("ICECHUNK_LOG", "error")  # a local repository warns about
 # Icechunk's in-memory caches, bounded: a long build must not keep every manifest it wrote.
 CACHE = {
     "num_snapshot_nodes": 100_000,
-    "num_chunk_refs": 1_000_000,
+    "num_chunk_refs": 200_000,  # ~90 bytes each: a manifest cache of ~18 MB
     "num_transaction_changes": 100_000,
     "num_bytes_attributes": 16 * 1024 * 1024,
     "num_bytes_chunks": 64 * 1024 * 1024,

@@ -280,8 +280,11 @@ def run_checks(
         return snapshot, []
     axes = read_axes(store, schema)
     findings = structural_findings(store, schema, axes, spec.checks.monotonic, spec.checks.regular)
-    added = [r for r in iter_current(store, state.ledger_base) if r.status == INGESTED]
-    candidates = (SpotSample(placement_of(r, axes), r.format, r.layout) for r in added)
+
+    def added() -> Iterator[LedgerRow]:  # a row at a time: a build adds a whole archive's rows
+        return (r for r in iter_current(store, state.ledger_base) if r.status == INGESTED)
+
+    candidates = (SpotSample(placement_of(r, axes), r.format, r.layout) for r in added())
     samples = choose_samples(candidates, spec.checks.spot_check.files, seed=seed)
     findings += spot_check(
         store, schema, samples, registry, chunks_per_variable=spec.checks.spot_check.chunks_per_variable, seed=seed
@@ -289,7 +292,7 @@ def run_checks(
     if spec.checks.expectations:  # Great Expectations, on the decoded coordinates and the sampled files' values
         cube = xr.open_zarr(store, consolidated=False, chunks=None, decode_times=decode_times(schema))
         owners = new_value_owners(
-            schema, None if state.fresh else state.axes, axes, [placement_of(r, axes) for r in added]
+            schema, None if state.fresh else state.axes, axes, (placement_of(r, axes) for r in added())
         )
         names = coordinate_names(schema)
         values = {str(name): np.asarray(cube[name].values) for name in cube.variables if name in names}
