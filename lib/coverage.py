@@ -136,7 +136,8 @@ def measure_coverage(repo: icechunk.Repository, spec: Spec, snapshot: str | None
             continue
         if concat and concat in row.ranges:
             start, stop = row.ranges[concat]
-            in_cube[(*index, slice(start, stop))] = True
+            span: tuple[int | slice, ...] = (*index, slice(start, stop))
+            in_cube[span] = True
         else:
             in_cube[index] = True
     labels = []
