@@ -17,6 +17,9 @@ os.environ.setdefault("ICECHUNK_LOG", "error")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# a CLI process that crashes in native code (a signal, not an exception) prints every thread's stack
+# to its stderr, which the failing test shows
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")
 
 BIN = Path(sys.executable).parent
 
