@@ -8,6 +8,7 @@ quarantined in this run; 4 (``verify``) drift found.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -627,6 +628,10 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as e:
         code = e.exit_code
     sys.stdout.flush()
+    # Drop Icechunk's objects (repositories, sessions, stores kept alive by reference cycles) while the
+    # interpreter is whole: dropped during its teardown, they crash it now and then (SIGSEGV after
+    # the command's output), which would turn a finished command's exit code into -11.
+    gc.collect()
     raise SystemExit(code)
 
 
