@@ -260,6 +260,46 @@ def coverage_markdown(cov: Coverage, image: bytes | None = None, limit: int = 40
     return "\n".join(lines) + "\n"
 
 
+MAP_CELLS = 40  # the map shows at most this many rows and columns; more cells are binned together
+MAP_LABELLED = 400  # cells on a map that still carry their percentages as text
+
+
+def _binned(
+    frac: np.ndarray,
+    quar: np.ndarray,
+    wait: np.ndarray,
+    rows: list[Any],
+    cols: list[Any],
+    row_dim: str,
+    col_dim: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Any], list[Any], str, str]:
+    """The folded map with at most MAP_CELLS rows and columns: neighbouring cells are binned (the
+    share present averaged, quarantined and waiting objects summed), labelled by their first and
+    last values. A cube of 50 x 100 cells would otherwise draw a 48-inch image of 5,000 labels."""
+
+    def bins(n: int) -> list[slice]:
+        size = -(-n // MAP_CELLS)
+        return [slice(i, min(n, i + size)) for i in range(0, n, size)]
+
+    def label(values: list[Any], part: slice) -> str:
+        first, last = values[part.start], values[part.stop - 1]
+        return str(first) if part.stop - part.start == 1 else f"{first}–{last}"
+
+    if frac.shape[0] <= MAP_CELLS and frac.shape[1] <= MAP_CELLS:
+        return frac, quar, wait, rows, cols, row_dim, col_dim
+    rs, cs = bins(frac.shape[0]), bins(frac.shape[1])
+    shape = (len(rs), len(cs))
+    out_frac, out_quar, out_wait = np.zeros(shape), np.zeros(shape, np.int64), np.zeros(shape, np.int64)
+    for i, r in enumerate(rs):
+        for j, c in enumerate(cs):
+            out_frac[i, j] = frac[r, c].mean()
+            out_quar[i, j] = quar[r, c].sum()
+            out_wait[i, j] = wait[r, c].sum()
+    row_labels = [label(rows, r) for r in rs] if len(rows) == frac.shape[0] else rows
+    col_labels = [label(cols, c) for c in cs] if len(cols) == frac.shape[1] else cols
+    return out_frac, out_quar, out_wait, row_labels, col_labels, row_dim, col_dim
+
+
 def coverage_png(cov: Coverage, title: str = "") -> bytes:
     """The coverage map as a PNG: one square per cell with the share of the axis present, holes
     outlined in red, quarantined (q) and waiting (w) objects counted; a legend, the axis' name, and
@@ -270,13 +310,15 @@ def coverage_png(cov: Coverage, title: str = "") -> bytes:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    frac, quar, wait, rows, cols, row_dim, col_dim = folded(cov)
+    frac, quar, wait, rows, cols, row_dim, col_dim = _binned(*folded(cov))
     fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(cols) + 3), max(3.0, 0.45 * len(rows) + 2)), dpi=100)
     image = ax.imshow(frac, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    labelled = frac.size <= MAP_LABELLED  # beyond that, colours and outlines only: text would not fit
     for (r, c), value in np.ndenumerate(frac):
-        marks = (f"\n{quar[r, c]}q" if quar[r, c] else "") + (f"\n{wait[r, c]}w" if wait[r, c] else "")
-        text = f"{100 * value:.0f}%" + marks
-        ax.text(c, r, text, ha="center", va="center", fontsize=7, color="white" if value < 0.6 else "black")
+        if labelled:
+            marks = (f"\n{quar[r, c]}q" if quar[r, c] else "") + (f"\n{wait[r, c]}w" if wait[r, c] else "")
+            text = f"{100 * value:.0f}%" + marks
+            ax.text(c, r, text, ha="center", va="center", fontsize=7, color="white" if value < 0.6 else "black")
         if value < 1:
             ax.add_patch(plt.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
     ax.set_xticks(range(len(cols)), [str(c) for c in cols], fontsize=7, rotation=90 if len(cols) > 12 else 0)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from lib.coverage import coverage_markdown, coverage_png, measure_coverage
+from lib.coverage import Coverage, _binned, coverage_markdown, coverage_png, folded, measure_coverage
 from lib.export import export_kerchunk
 from tests.helpers import dataset, make_spec, open_repo, read_cube, run_cube, write_nc4
 
@@ -47,6 +47,32 @@ def test_coverage_png_is_a_real_image(holey: object, tmp_path: Path) -> None:
     height, width = image.shape[:2]
     assert height >= 200 and width >= 300 and image.shape[2] in (3, 4)
     assert "data:image/png;base64," in coverage_markdown(measure_coverage(open_repo(holey), holey), png)  # type: ignore[arg-type]
+
+
+def test_the_map_of_a_large_cube_bins_its_cells() -> None:
+    """50 polygons x 100 months: at most 40 x 40 squares, each the mean of the cells it bins (counts
+    summed), labelled by its first and last value; the image stays small."""
+    import matplotlib.image
+
+    fraction = np.ones((50, 100))
+    fraction[7, 33] = 0.5  # one cell half present: its bin (polygons 6-7, months 34-36) shows the mean
+    quarantined = np.zeros((50, 100), dtype=np.int64)
+    quarantined[49, 99] = 2
+    cov = Coverage(
+        ["polygon", "month"],
+        [list(range(50)), list(range(1, 101))],
+        fraction,
+        quarantined,
+        100,
+        totals={"concat_dim": "time", "snapshot": "S", "written_at": "T"},
+    )
+    frac, quar, _, rows, cols, _, _ = _binned(*folded(cov))
+    assert frac.shape == (25, 34) and len(rows) == 25 and len(cols) == 34
+    assert rows[3] == "6–7" and cols[11] == "34–36" and cols[-1] == "100"
+    assert frac[3, 11] == pytest.approx(1 - 0.5 / 6) and (frac == 1).sum() == frac.size - 1
+    assert quar[24, 33] == 2 and quar.sum() == 2
+    image = matplotlib.image.imread(io.BytesIO(coverage_png(cov)), format="png")
+    assert image.shape[0] < 1500 and image.shape[1] < 2500
 
 
 @pytest.mark.parametrize("suffix", [".json", ".parquet"])
