@@ -283,7 +283,7 @@ def _binned(
 
     def label(values: list[Any], part: slice) -> str:
         first, last = values[part.start], values[part.stop - 1]
-        return str(first) if part.stop - part.start == 1 else f"{first}–{last}"
+        return str(first) if part.stop - part.start == 1 else f"{first}-{last}"
 
     if frac.shape[0] <= MAP_CELLS and frac.shape[1] <= MAP_CELLS:
         return frac, quar, wait, rows, cols, row_dim, col_dim

@@ -68,7 +68,7 @@ def test_the_map_of_a_large_cube_bins_its_cells() -> None:
     )
     frac, quar, _, rows, cols, _, _ = _binned(*folded(cov))
     assert frac.shape == (25, 34) and len(rows) == 25 and len(cols) == 34
-    assert rows[3] == "6–7" and cols[11] == "34–36" and cols[-1] == "100"
+    assert rows[3] == "6-7" and cols[11] == "34-36" and cols[-1] == "100"
     assert frac[3, 11] == pytest.approx(1 - 0.5 / 6) and (frac == 1).sum() == frac.size - 1
     assert quar[24, 33] == 2 and quar.sum() == 2
     image = matplotlib.image.imread(io.BytesIO(coverage_png(cov)), format="png")
