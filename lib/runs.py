@@ -260,6 +260,9 @@ class CubeRun:
             s.notes += [f"{url}: {n}" for n in entry.notes]
         if self.write:
             self._release_listing()
+        if self._executor is not None:  # parsing is done: its workers would sit idle, holding memory, to the end
+            self._executor.close()
+            self._executor = None
         return {
             "accepted": plan.accepted,
             "quarantined": len(plan.quarantined),

@@ -211,6 +211,26 @@ def test_planning_holds_a_few_hundred_bytes_per_file(tmp_path: Path) -> None:
     assert per_file < 800, f"planning held {per_file:.0f} bytes per file"
 
 
+def test_the_parse_workers_exit_once_planning_is_done(workdir: Path) -> None:
+    """They would sit idle through the commits and checks (a third of a large build's peak memory)."""
+    import multiprocessing
+
+    from lib.pipeline import Step
+    from tests.helpers import make_spec, run_until
+
+    for day in range(3):
+        write_nc4(workdir / "archive" / f"d{day}.nc", dataset(day))
+    spec = make_spec(workdir, "d*.nc")
+    spec = spec.model_copy(update={"execution": spec.execution.model_copy(update={"executor": "processes"})})
+    run = run_until(spec, Step.PARSE)
+    try:
+        assert multiprocessing.active_children(), "the parse step runs in worker processes"
+        run.plan()
+        assert not multiprocessing.active_children()
+    finally:
+        run.close()
+
+
 def test_malloc_arenas_are_capped_unless_the_environment_says_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
     from lib import memory
 
