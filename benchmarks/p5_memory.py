@@ -29,20 +29,7 @@ def main() -> None:
     with LocalStack(WORK / "p5-prefect") as stack:
         api = stack.start_prefect()
         for size in a.sizes:
-            months, steps = 100, 100
-            polygons = max(1, size // (months * steps))
-            root = (WORK / f"copies{size // 1000}k").resolve()
-            log(f"archive of {size} files (copies) at {root}")
-            generate_copies(root, polygons, months, steps)
-            run_dir = (WORK / f"p5-{size}").resolve()
-            shutil.rmtree(run_dir, ignore_errors=True)
-            run_dir.mkdir(parents=True)
-            spec = run_dir / "cube.yaml"
-            spec.write_text(
-                f'name: p5\nsource:\n  url: file://{root}/\n  pattern: "polygon_{{polygon:d}}/'
-                f'month_{{month:d}}/step_*.nc"\nconcat: [time]\nrepo:\n  url: file://{run_dir}/cube\n'
-                f"execution:\n  executor: processes\n  workers: {a.workers}\n  batch_size: 2000\n"
-            )
+            run_dir, spec = copies_cube(size, f"p5-{size}", a.workers)
             log(f"icefloe build of {size} files")
             m = run_measured(
                 [str(BIN / "icefloe"), "build", str(spec), "--json"],
@@ -71,6 +58,25 @@ def main() -> None:
     )
     log(f"wrote {out}")
     log(f"drew {plot_timelines(results)}")
+
+
+def copies_cube(size: int, name: str, workers: int) -> tuple[Path, Path]:
+    """An archive of ``size`` copies of one tile (100 months x 100 steps per polygon, made if missing)
+    and a fresh spec building it into ``WORK/name``: (the run's directory, the spec)."""
+    months, steps = 100, 100
+    root = (WORK / f"copies{size // 1000}k").resolve()
+    log(f"archive of {size} files (copies) at {root}")
+    generate_copies(root, max(1, size // (months * steps)), months, steps)
+    run_dir = (WORK / name).resolve()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    spec = run_dir / "cube.yaml"
+    spec.write_text(
+        f'name: p5\nsource:\n  url: file://{root}/\n  pattern: "polygon_{{polygon:d}}/'
+        f'month_{{month:d}}/step_*.nc"\nconcat: [time]\nrepo:\n  url: file://{run_dir}/cube\n'
+        f"execution:\n  executor: processes\n  workers: {workers}\n  batch_size: 2000\n"
+    )
+    return run_dir, spec
 
 
 def plot_timelines(results: dict[str, dict[str, object]]) -> Path:

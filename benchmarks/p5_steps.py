@@ -16,8 +16,8 @@ import shutil
 import subprocess
 import textwrap
 
-from benchmarks.common import WORK, log, python, save
-from benchmarks.generate import generate_copies
+from benchmarks.common import log, python, save
+from benchmarks.p5_memory import copies_cube
 
 SCRIPT = textwrap.dedent("""
     from lib.memory import limit_arenas
@@ -71,19 +71,7 @@ def main() -> None:
     a = ap.parse_args()
     results = {}
     for size in a.sizes:
-        months, steps = 100, 100
-        root = (WORK / f"copies{size // 1000}k").resolve()
-        log(f"archive of {size} files (copies) at {root}")
-        generate_copies(root, max(1, size // (months * steps)), months, steps)
-        run_dir = (WORK / f"p5-steps-{size}").resolve()
-        shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir.mkdir(parents=True)
-        spec = run_dir / "cube.yaml"
-        spec.write_text(
-            f'name: p5\nsource:\n  url: file://{root}/\n  pattern: "polygon_{{polygon:d}}/'
-            f'month_{{month:d}}/step_*.nc"\nconcat: [time]\nrepo:\n  url: file://{run_dir}/cube\n'
-            f"execution:\n  executor: processes\n  workers: {a.workers}\n  batch_size: 2000\n"
-        )
+        run_dir, spec = copies_cube(size, f"p5-steps-{size}", a.workers)
         log(f"build of {size} files, step by step")
         done = subprocess.run([*python(SCRIPT), str(spec)], capture_output=True, text=True, check=False)
         assert done.returncode == 0, done.stderr[-3000:]
