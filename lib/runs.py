@@ -211,16 +211,24 @@ class CubeRun:
         if result.transient:
             reason = next(iter(result.transient.values()))
             raise StorageError(f"the object store failed to serve {len(result.transient)} object(s), e.g. {reason}")
+        if self.write:  # the entries wait for planning in the spool: parsing holds nothing per object
+            result.spill(self.spool)
         while len(self.parsed) <= batch:
             self.parsed.append(ParsedBatch(batch=len(self.parsed)))
         self.parsed[batch] = result
-        return {"parsed": len(result.entries), "failed": len(result.failed)}
+        return {"parsed": result.parsed, "failed": len(result.failed)}
 
     @storage_step
     def plan(self) -> dict[str, Any]:
         """Validate every parsed object and lay out the cube; nothing is written."""
         assert self.state is not None
         checkpoint("parsed")
+        if self._executor is not None:  # parsing is done: its workers would hold memory planning needs
+            self._executor.close()
+            self._executor = None
+        shared: dict[Any, Any] = {}
+        for parsed in self.parsed:
+            parsed.load(self.spool, shared)
         replacing = set(self.discovery.pending.urls(replacing=True))
 
         def make(refused: dict[str, str] | None = None) -> Plan:
@@ -260,9 +268,6 @@ class CubeRun:
             s.notes += [f"{url}: {n}" for n in entry.notes]
         if self.write:
             self._release_listing()
-        if self._executor is not None:  # parsing is done: its workers would sit idle, holding memory, to the end
-            self._executor.close()
-            self._executor = None
         return {
             "accepted": plan.accepted,
             "quarantined": len(plan.quarantined),

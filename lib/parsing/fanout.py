@@ -28,13 +28,37 @@ __all__ = ["ParsedBatch", "SummarizedBatch", "parse_objects", "summarize_objects
 
 @dataclass
 class ParsedBatch:
-    """What parsing one batch yields, small enough to keep for the whole run."""
+    """What parsing one batch yields: an entry per parsed object, the schemas, the failures.
+
+    A writing run spills the entries to the spool as soon as the batch is parsed (:meth:`spill`) and
+    loads them back for planning (:meth:`load`), so parsing holds nothing per object however large
+    the archive, and the parse workers are gone before planning needs the memory.
+    """
 
     batch: int
     entries: list[FileEntry] = field(default_factory=list)
     schemas: dict[str, CubeSchema] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     transient: dict[str, str] = field(default_factory=dict)
+    spilled: int | None = None  # how many entries wait in the spool
+
+    @property
+    def parsed(self) -> int:
+        return len(self.entries) if self.spilled is None else self.spilled
+
+    def spill(self, spool: Spool) -> None:
+        """Move the entries to the spool (``kind="entries"``)."""
+        if self.spilled is None:
+            spool.write(self.batch, self.entries, kind="entries")
+            self.spilled, self.entries = len(self.entries), []
+
+    def load(self, spool: Spool, shared: dict[Any, Any]) -> None:
+        """Bring spilled entries back, sharing what they repeat with the other batches' (see :func:`_compact`)."""
+        if self.spilled is not None:
+            self.entries = spool.read(self.batch, kind="entries")
+            for entry in self.entries:
+                _compact(entry, shared)
+            self.spilled = None
 
 
 def _split(items: list[Any], parts: int) -> list[list[Any]]:

@@ -211,10 +211,15 @@ def test_planning_holds_a_few_hundred_bytes_per_file(tmp_path: Path) -> None:
     assert per_file < 800, f"planning held {per_file:.0f} bytes per file"
 
 
-def test_the_parse_workers_exit_once_planning_is_done(workdir: Path) -> None:
-    """They would sit idle through the commits and checks (a third of a large build's peak memory)."""
+def test_parsing_holds_no_entry_and_its_workers_exit_before_planning(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writing run's entries wait in the spool until planning, and the parse workers exit before the
+    entries come back: they would otherwise sit idle through planning, the commits and the checks (a
+    third of a large build's peak memory)."""
     import multiprocessing
 
+    from lib import runs
     from lib.pipeline import Step
     from tests.helpers import make_spec, run_until
 
@@ -222,11 +227,22 @@ def test_the_parse_workers_exit_once_planning_is_done(workdir: Path) -> None:
         write_nc4(workdir / "archive" / f"d{day}.nc", dataset(day))
     spec = make_spec(workdir, "d*.nc")
     spec = spec.model_copy(update={"execution": spec.execution.model_copy(update={"executor": "processes"})})
+    seen: list[tuple[int, int]] = []
+
+    def plan_update(state: CubeState, pattern: dict[str, str], concat: tuple[str, ...], parsed, *a, **k):  # type: ignore[no-untyped-def]
+        seen.append((len(multiprocessing.active_children()), sum(len(b.entries) for b in parsed)))
+        return runs_plan_update(state, pattern, concat, parsed, *a, **k)
+
+    runs_plan_update = runs.plan_update
+    monkeypatch.setattr(runs, "plan_update", plan_update)
     run = run_until(spec, Step.PARSE)
     try:
         assert multiprocessing.active_children(), "the parse step runs in worker processes"
+        assert [(b.parsed, b.entries) for b in run.parsed] == [(3, [])], "parsed entries wait in the spool"
         run.plan()
+        assert seen == [(0, 3)]  # planning got every entry back, with no worker left
         assert not multiprocessing.active_children()
+        assert run.plan_ is not None and run.plan_.accepted == 3 and run.summary.parsed == 3
     finally:
         run.close()
 
