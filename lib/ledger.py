@@ -185,8 +185,8 @@ def iter_current(store: Store, start: int = 0) -> Iterator[LedgerRow]:
     object.
     """
     digests = bytearray()
-    for row in iter_rows(store, start):
-        digests += hashlib.blake2b(row.url.encode(), digest_size=16).digest()
+    for text in _iter_texts(store, start):  # the URL alone: no row is made, no range moved
+        digests += hashlib.blake2b(orjson.loads(text)["url"].encode(), digest_size=16).digest()
     keys = np.frombuffer(bytes(digests), dtype=[("high", "<u8"), ("low", "<u8")])
     newest = np.zeros(keys.size, dtype=bool)
     if keys.size:  # the last row of each URL: the first of each in the reversed rows
