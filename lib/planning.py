@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -61,8 +61,13 @@ class Plan:
         """How many files the plan places (``batches`` holds each placed URL once)."""
         return sum(map(len, self.batches))
 
+    def iter_placed(self) -> Iterator[str]:
+        """Each placed URL once, batch by batch (a set of them all would cost ~60 bytes per object)."""
+        for batch in self.batches:
+            yield from batch
+
     def placed_urls(self) -> set[str]:
-        return {url for batch in self.batches for url in batch}
+        return set(self.iter_placed())
 
     def spill(self, spool: Spool) -> None:
         """Move the entries and placements to the spool, a file per batch; only the shared source's stay."""

@@ -425,7 +425,7 @@ class CubeRun:
         blocking = [f for f in self.findings if f.scope == CUBE]
         if not blocking and self.state.fresh and self.plan_ is not None and self.plan_.accepted:
             taken = {u for f in self.findings if f.scope == FILE for u in f.urls}
-            if not self.plan_.placed_urls() - taken:
+            if all(url in taken for url in self.plan_.iter_placed()):
                 blocking = [Finding("quarantine", CUBE, "the checks quarantined every object of a new cube")]
         staged = self.repo.lookup_branch(self.spec.repo.staging)
         if blocking:
@@ -449,7 +449,6 @@ class CubeRun:
         """The run's summary, with the counts of what was placed and refused."""
         s = self.summary
         plan = self.plan_
-        placed: set[str] = set()
         if plan is not None:
             quarantined = dict(plan.quarantined)
             for f in self.findings:
@@ -457,11 +456,16 @@ class CubeRun:
                     quarantined.update({u: f.message for u in f.urls})
             s.quarantined = [{"url": u, "reason": r} for u, r in quarantined.items()]
             s.deferred = [{"url": u, "reason": r} for u, r in plan.deferred.items()]
-            placed = plan.placed_urls()
-            s.ingested = len(placed - quarantined.keys())
-            s.replaced = sorted((plan.replaced & placed) - quarantined.keys())
+            ingested, replaced = 0, []
+            for url in plan.iter_placed():  # counted, not collected: a set of every URL would grow with the archive
+                if url not in quarantined:
+                    ingested += 1
+                    if url in plan.replaced:
+                        replaced.append(url)
+            s.ingested, s.replaced = ingested, sorted(replaced)
         if error is None and self.state is not None and self.state.resumed and self.repo is not None:
             # objects an interrupted run staged and this one published: they reach main now
+            placed = plan.placed_urls() if plan is not None else set()
             staged = staged_since_start(self.repo, self.spec, self.state)
             resumed = sum(1 for r in staged if r.status == INGESTED and r.url not in placed)
             s.ingested += resumed

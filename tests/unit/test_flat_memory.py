@@ -257,3 +257,31 @@ def test_malloc_arenas_are_capped_unless_the_environment_says_otherwise(monkeypa
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     assert memory.limit_arenas() is False
     memory.release()
+
+
+@pytest.mark.parametrize("spared", [0, 1])
+def test_a_new_cube_whose_checks_refuse_every_object_is_not_published(workdir: Path, spared: int) -> None:
+    """The run asks whether any placed object is left, and counts what landed, from the plan's URL
+    batches, without a set of every URL."""
+    from lib.errors import PublishBlocked
+    from lib.pipeline import Step
+    from lib.quality import FILE, Finding
+    from tests.helpers import make_spec, run_until
+
+    for day in range(3):
+        write_nc4(workdir / "archive" / f"d{day}.nc", dataset(day))
+    run = run_until(make_spec(workdir, "d*.nc"), Step.CHECK)
+    try:
+        assert run.plan_ is not None
+        urls = sorted(run.plan_.iter_placed())
+        assert len(urls) == 3 and run.plan_.placed_urls() == set(urls)
+        run.findings.append(Finding("spot-check", FILE, "values differ", urls[spared:]))
+        if spared:
+            run.publish()
+            assert run.finish().ingested == 1
+        else:
+            with pytest.raises(PublishBlocked, match="quarantined every object of a new cube"):
+                run.publish()
+            assert run.finish().ingested == 0
+    finally:
+        run.close()
