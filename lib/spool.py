@@ -1,9 +1,10 @@
 """The spool: parsed fragments wait on local disk, one file per batch, until their batch is written.
 
 Planning needs every file's coordinates before any reference can be placed, but holding every
-file's references in memory would grow with the archive. So each parsed batch goes to disk and the
-run keeps only small per-file entries while it plans; once planned, those entries and the files'
-placements go to disk too (``kind="plan"``), and the assembly reads one batch back at a time.
+file's references in memory would grow with the archive. So each parsed batch goes to disk; a
+writing run's small per-file entries wait there too (``kind="entries"``) until planning loads them.
+Once planned, the entries and the files' placements go back to disk (``kind="plan"``), and the
+assembly reads one batch back at a time.
 """
 
 from __future__ import annotations
