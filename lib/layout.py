@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from lib.regularity import StepModel, describe_value, infer_step
+from lib.regularity import StepModel, describe_value, infer_step, reachable, stretches
 from lib.validation import DATA, VIRTUAL, CubeSchema, FileEntry
 
 __all__ = ["Axes", "Layout", "Move", "Occupied", "Placement", "Rules", "plan_layout"]
@@ -253,11 +252,11 @@ class _Planner:
         """Files in stretches of the axis cut off by a gap wait for it to fill; stretches further from
         the main body of the axis than the limit are refused as strays."""
         numbers_of = {e.url: np.round(model.numbers(e.encoded[dim])).astype(np.int64) for e in alive}
-        axis_steps = _ints(model, old)
+        axis_steps = model.steps(old)
         steps = sorted({int(n) for numbers in numbers_of.values() for n in numbers} | set(axis_steps))
         if not steps:
             return False
-        runs = _runs(steps)  # contiguous stretches of steps
+        runs = stretches(steps)
         if axis_steps:  # the cube's axis, and whatever new values join it without a gap
             low = next(r[0] for r in runs if r[0] <= min(axis_steps) <= r[1])
             high = next(r[1] for r in runs if r[0] <= max(axis_steps) <= r[1])
@@ -265,7 +264,7 @@ class _Planner:
         else:  # a new cube starts from the longest stretch, or the earliest one within reach of it
             anchor = max(runs, key=lambda r: (r[1] - r[0], -r[0]))
         limit = self.rules.max_gap if self.rules.max_gap is not None else max(MIN_MAX_GAP, anchor[1] - anchor[0] + 1)
-        body = _reachable(runs, anchor, limit)
+        body = reachable(runs, anchor, limit)
         if not axis_steps:
             anchor = min((r for r in body), key=lambda r: r[0])
         low, high = anchor
@@ -276,7 +275,7 @@ class _Planner:
                 continue
             later = first > high
             away = first - high if later else low - last
-            edge = self.show(dim, model_value(model, high if later else low, old, alive, dim))
+            edge = self.show(dim, model.value_at(high if later else low, old, *(e.encoded[dim] for e in alive)))
             if not any(r[0] <= first <= r[1] for r in body):
                 side = "beyond the axis end" if later else "before the axis start"
                 self.refuse(
@@ -550,46 +549,6 @@ def _trimmable(var: Any, dim: str) -> bool:
     return codecs == ["bytes"] and var.dims[:1] == (dim,)
 
 
-def _ints(model: StepModel, values: np.ndarray) -> list[int]:
-    return [int(n) for n in np.round(model.numbers(values))] if np.size(values) else []
-
-
-def _runs(steps: list[int]) -> list[tuple[int, int]]:
-    runs: list[tuple[int, int]] = []
-    for s in steps:
-        if runs and s == runs[-1][1] + 1:
-            runs[-1] = (runs[-1][0], s)
-        else:
-            runs.append((s, s))
-    return runs
-
-
-def _reachable(runs: list[tuple[int, int]], anchor: tuple[int, int], limit: int) -> list[tuple[int, int]]:
-    """The stretches chained to the anchor by gaps of at most ``limit`` steps (the anchor included)."""
-    body = [r for r in runs if r[0] <= anchor[1] and anchor[0] <= r[1]] or [anchor]
-    low, high = min(r[0] for r in body), max(r[1] for r in body)
-    for r in sorted(runs, key=lambda r: r[0]):  # forwards
-        if r[0] > high and r[0] - high - 1 <= limit:
-            body.append(r)
-            high = r[1]
-    for r in sorted(runs, key=lambda r: -r[1]):  # backwards
-        if r[1] < low and low - r[1] - 1 <= limit:
-            body.append(r)
-            low = r[0]
-    return body
-
-
-def model_value(model: StepModel, step: int, old: np.ndarray, alive: Sequence[FileEntry], dim: str) -> Any:
-    """The axis value of a step number (one of the values at hand)."""
-    for values in (old, *(e.encoded[dim] for e in alive)):
-        if np.size(values):
-            numbers = np.round(model.numbers(values)).astype(np.int64)
-            hit = np.flatnonzero(numbers == step)
-            if hit.size:
-                return values[hit[0]]
-    return step
-
-
 def _cell_values(axes: Axes, cell: tuple[int, ...]) -> list[Any]:
     return [axes.pattern[d][i] for d, i in zip(axes.pattern, cell, strict=True)]
 
@@ -608,17 +567,3 @@ def plan_layout(
     blocks it already holds, at their current positions, which new files must not overlap.
     """
     return _Planner(entries, schema, existing, list(occupied), rules or Rules()).run()
-
-
-def chunk_offsets(
-    axes: Axes, schema: CubeSchema, variable: str, placement: Placement, dims: Sequence[str], chunks: Sequence[int]
-) -> list[int]:
-    """The chunk index at which a file's block of ``variable`` starts, along each of its own dims."""
-    out = []
-    for dim, chunk in zip(dims, chunks, strict=True):
-        out.append(axes.chunk_index(variable, dim, chunk, placement.range_of(dim)[0]) if dim in schema.concat else 0)
-    return out
-
-
-def grid_count(length: int, chunk: int) -> int:
-    return math.ceil(length / chunk) if chunk else 0

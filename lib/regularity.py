@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["StepModel", "infer_step"]
+__all__ = ["StepModel", "gaps", "infer_step", "reachable", "stretches"]
 
 _TOLERANCE = 1e-6  # of a step: encoded floats may carry rounding noise
 
@@ -45,6 +45,20 @@ class StepModel:
             return (values.astype(np.float64) - self.origin) / self.step
         months = _month_numbers(values, dict(self.encoding))
         return (months - self.origin) / self.step
+
+    def steps(self, values: np.ndarray) -> list[int]:
+        """The step numbers of values on the axis' steps, as ints."""
+        return [int(n) for n in np.round(self.numbers(values))] if np.size(values) else []
+
+    def value_at(self, step: int, *candidates: np.ndarray) -> Any:
+        """The value of step number ``step``: the first of the candidate values that falls on it (the
+        step number itself if none does)."""
+        for values in candidates:
+            if np.size(values):
+                hit = np.flatnonzero(np.round(self.numbers(values)).astype(np.int64) == step)
+                if hit.size:
+                    return values[hit[0]]
+        return step
 
     def on_steps(self, values: np.ndarray) -> np.ndarray:
         """Which values fall on the axis' steps."""
@@ -166,3 +180,29 @@ def gaps(numbers: np.ndarray) -> list[tuple[int, int]]:
     ints = np.round(np.asarray(numbers, dtype=np.float64)).astype(np.int64)
     jumps = np.diff(ints)
     return [(int(i), int(j) - 1) for i, j in enumerate(jumps) if j > 1]
+
+
+def stretches(steps: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted step numbers as stretches without a gap: ``[(first, last), ...]``."""
+    runs: list[tuple[int, int]] = []
+    for s in steps:
+        if runs and s == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], s)
+        else:
+            runs.append((s, s))
+    return runs
+
+
+def reachable(runs: list[tuple[int, int]], anchor: tuple[int, int], limit: int) -> list[tuple[int, int]]:
+    """The stretches chained to the anchor by gaps of at most ``limit`` steps (the anchor included)."""
+    body = [r for r in runs if r[0] <= anchor[1] and anchor[0] <= r[1]] or [anchor]
+    low, high = min(r[0] for r in body), max(r[1] for r in body)
+    for r in sorted(runs, key=lambda r: r[0]):  # forwards
+        if r[0] > high and r[0] - high - 1 <= limit:
+            body.append(r)
+            high = r[1]
+    for r in sorted(runs, key=lambda r: -r[1]):  # backwards
+        if r[1] < low and low - r[1] - 1 <= limit:
+            body.append(r)
+            low = r[0]
+    return body
