@@ -21,9 +21,8 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from flows.tables import Bars, console, copies_lines, coverage_table, summary_table
+from flows.tables import Bars, console, copies_lines, coverage_table, plan_lines, runs_table, summary_table
 from lib.errors import IcefloeError, PublishBlocked, SpecError, store_failure
 from lib.memory import limit_arenas
 from lib.report import EXIT_BAD_SPEC, EXIT_DRIFT, EXIT_FAILED, EXIT_OK, EXIT_QUARANTINED
@@ -219,32 +218,7 @@ def plan(spec: SpecArg, as_json: JsonOpt = False, debug: DebugOpt = False) -> No
             "snapshot": summary.snapshot,
         }
         if not as_json:
-            table = Table(title=f"plan for {loaded.name}")
-            for column in ("discovered", "pending", "would ingest", "unchanged", "changed", "deferred", "quarantined"):
-                table.add_column(column, justify="right")
-            table.add_row(
-                *(
-                    str(v)
-                    for v in (
-                        summary.discovered,
-                        len(payload["pending"]),
-                        len(placed),
-                        summary.unchanged,
-                        len(summary.changed),
-                        len(summary.deferred),
-                        len(summary.quarantined),
-                    )
-                )
-            )
-            console.print(table)
-            console.print("dims after: " + " x ".join(f"{d}={n}" for d, n in summary.dims.items()))
-            for q in summary.quarantined[:20]:
-                console.print(f"[yellow]would quarantine[/] {escape(q['url'])}\n    {escape(q['reason'])}")
-            for d in summary.deferred[:20]:
-                console.print(f"[cyan]would defer[/] {escape(d['url'])}\n    {escape(d['reason'])}")
-            for f in summary.findings[:20]:
-                if f["scope"] == "cube":
-                    console.print(f"[red]would block the publish[/]: {escape(f['message'])}")
+            plan_lines(payload, loaded.name)
         _finish(payload, EXIT_OK)
 
 
@@ -273,24 +247,7 @@ def log(
         schema = read_schema(repo.readonly_session(branch=loaded.repo.branch).store)
         rectilinear = list(schema.rectilinear) if schema else []
         if not as_json:
-            kind = f" (rectilinear axes: {', '.join(rectilinear)})" if rectilinear else ""
-            table = Table(title=f"{loaded.name}: history of {loaded.repo.branch}{kind}")
-            numbers = ("ingested", "quarantined", "deferred", "refs", "seconds")
-            for column in ("finished", "operation", *numbers, "snapshot", "flow run"):
-                table.add_column(column, justify="right" if column in numbers else "left", no_wrap=True)
-            for r in runs:
-                table.add_row(
-                    str(r["finished_at"])[:19].replace("T", " "),
-                    r["operation"],
-                    str(r["ingested"]),
-                    str(r["quarantined"]),
-                    str(r.get("deferred", 0)),
-                    str(r["refs"]),
-                    f"{r['seconds']:.1f}",
-                    r["snapshot"],
-                    str(r["flow_run"] or ""),
-                )
-            console.print(table)
+            runs_table(runs, f"{loaded.name}: history of {loaded.repo.branch}", rectilinear)
         _finish({"branch": loaded.repo.branch, "rectilinear": rectilinear, "runs": runs, "snapshots": entries}, EXIT_OK)
 
 

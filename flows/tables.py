@@ -136,3 +136,49 @@ def copies_lines(copies: list[dict[str, Any]], spec: object = "SPEC") -> None:
                 f"native copy {name} ({', '.join(c['variables'])}): {100 * c['coverage']:.1f}% of its chunks "
                 f"current, as of snapshot {c['current_to']}{stale}"
             )
+
+
+def plan_lines(plan: dict[str, Any], name: str) -> None:
+    """What ``icefloe plan`` found: the counts, the dims after, and what would be refused or wait."""
+    table = Table(title=f"plan for {name}")
+    counts = {
+        "discovered": plan["discovered"],
+        "pending": len(plan["pending"]),
+        "would ingest": len(plan["would_ingest"]),
+        "unchanged": plan["unchanged"],
+        **{key: len(plan[key]) for key in ("changed", "deferred", "quarantined")},
+    }
+    for column in counts:
+        table.add_column(column, justify="right")
+    table.add_row(*(str(v) for v in counts.values()))
+    console.print(table)
+    console.print("dims after: " + " x ".join(f"{d}={n}" for d, n in plan["dims"].items()))
+    for q in plan["quarantined"][:20]:
+        console.print(f"[yellow]would quarantine[/] {escape(q['url'])}\n    {escape(q['reason'])}")
+    for d in plan["deferred"][:20]:
+        console.print(f"[cyan]would defer[/] {escape(d['url'])}\n    {escape(d['reason'])}")
+    for f in plan["findings"][:20]:
+        if f["scope"] == "cube":
+            console.print(f"[red]would block the publish[/]: {escape(f['message'])}")
+
+
+def runs_table(runs: list[dict[str, Any]], title: str, rectilinear: list[str]) -> None:
+    """``icefloe log``: one row per run, newest first as the cube's log of runs holds them."""
+    kind = f" (rectilinear axes: {', '.join(rectilinear)})" if rectilinear else ""
+    table = Table(title=title + kind)
+    numbers = ("ingested", "quarantined", "deferred", "refs", "seconds")
+    for column in ("finished", "operation", *numbers, "snapshot", "flow run"):
+        table.add_column(column, justify="right" if column in numbers else "left", no_wrap=True)
+    for r in runs:
+        table.add_row(
+            str(r["finished_at"])[:19].replace("T", " "),
+            r["operation"],
+            str(r["ingested"]),
+            str(r["quarantined"]),
+            str(r.get("deferred", 0)),
+            str(r["refs"]),
+            f"{r['seconds']:.1f}",
+            r["snapshot"],
+            str(r["flow_run"] or ""),
+        )
+    console.print(table)
