@@ -74,14 +74,15 @@ SCRIPT = textwrap.dedent("""
                          ref_count=8)
 
     class Spool:
-        def read(self, b):
+        def slices(self, b):
             lo, hi = b * batch_files, min(n_files, (b + 1) * batch_files)
-            out = []
-            for i in range(lo, hi):
-                f = frag.references_only()
-                f.url = url(i)
-                out.append(f)
-            return out
+            for start in range(lo, hi, 2048):
+                out = []
+                for i in range(start, min(hi, start + 2048)):
+                    f = frag.references_only()
+                    f.url = url(i)
+                    out.append(f)
+                yield out
 
     n_batches = -(-n_files // batch_files)
     batches = [[url(i) for i in range(b * batch_files, min(n_files, (b + 1) * batch_files))] for b in range(n_batches)]

@@ -12,7 +12,7 @@ import itertools
 import json
 import math
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -288,6 +288,9 @@ def _offset(var: VariableSchema, schema: CubeSchema, axes: Axes, placement: Plac
     return tuple(out)
 
 
+FORK_ABOVE = 64  # ref calls in a batch above which it is written over forks (for fewer they cost more than they save)
+
+
 class RefCall(NamedTuple):
     """One ``set_virtual_refs_arr`` call: one file's block of one variable (a tuple: one is made per
     file and variable, on the build's hot path)."""
@@ -411,25 +414,57 @@ def _write_natives(store: IcechunkStore, schema: CubeSchema, items: list[BatchIt
 
 
 def place_batch(
-    session: icechunk.Session, schema: CubeSchema, axes: Axes, items: list[BatchItem], workers: int = 2
-) -> int:
-    """Write one batch's references and native values into a session; returns the refs written.
+    session: icechunk.Session,
+    schema: CubeSchema,
+    axes: Axes,
+    parts: Iterable[list[BatchItem]],
+    files: int,
+    workers: int = 2,
+) -> tuple[int, list[str]]:
+    """Write one batch's references and native values into a session, its files a slice (``parts``)
+    at a time; returns the refs written and the URLs placed, in order.
 
-    References are spread over ``workers`` Icechunk forks written in parallel and merged back.
-    The arrays must already have their final size (forks cannot grow them).
+    With ``workers`` > 1 and more than a few refs to write (``files`` in all), the references are
+    spread over that many Icechunk forks, written in parallel and merged back. Each slice is shared
+    out over the forks while the next one is read, and no more than two slices are in hand at once,
+    so a batch's memory does not grow with its size. The arrays must already have their final size
+    (forks cannot grow them).
     """
     refs_for = {v.path for v in schema.by_role(DATA, CELL) if v.kind == VIRTUAL}
-    calls = _ref_calls(items, schema, axes, refs_for)
-    if workers > 1 and len(calls) > 64:
-        shares = [calls[i::workers] for i in range(workers)]
-        forks = [session.fork() for _ in shares]
+    natives = any(v.kind == NATIVE and v.role in (DATA, CELL) for v in schema.variables.values())
+    kept: list[BatchItem] = []  # only for native variables, written once at the end
+    placed: list[str] = []
+
+    def place(store: IcechunkStore, part: list[BatchItem]) -> int:
+        calls = _ref_calls(part, schema, axes, refs_for)
+        _set_refs(store, calls)
+        return sum(c.refs for c in calls)
+
+    def taken(part: list[BatchItem]) -> list[BatchItem]:
+        placed.extend(item.placement.url for item in part)
+        if natives:
+            kept.extend(part)
+        return part
+
+    refs = 0
+    if workers > 1 and files * len(refs_for) > FORK_ABOVE:
+        forks = [session.fork() for _ in range(workers)]
+        running: list[Future[int] | None] = [None] * workers  # each fork's share of the previous slice
         with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(lambda pair: _set_refs(pair[0].store, pair[1]), zip(forks, shares, strict=True)))
+            for part in parts:
+                taken(part)
+                for i, fork in enumerate(forks):
+                    if (previous := running[i]) is not None:
+                        refs += previous.result()
+                    running[i] = pool.submit(place, fork.store, part[i::workers])
+            refs += sum(f.result() for f in running if f is not None)
         session.merge(*forks)
     else:
-        _set_refs(session.store, calls)
-    _write_natives(session.store, schema, items)
-    return sum(c.refs for c in calls)
+        for part in parts:
+            refs += place(session.store, taken(part))
+    if natives:
+        _write_natives(session.store, schema, kept)
+    return refs, placed
 
 
 def clear_blocks(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -257,14 +257,21 @@ def _append(store: Store, name: str, texts: list[str]) -> int:
     return n + len(texts)
 
 
-def append_rows(store: Store, rows: list[LedgerRow]) -> int:
-    """Append rows in the session behind ``store``; returns the ledger's new length."""
-    if not rows:
-        return ledger_size(store)
-    epoch = len(read_moves(store))
+def append_rows(store: Store, rows: Iterable[LedgerRow]) -> int:
+    """Append rows in the session behind ``store``; returns the ledger's new length.
+
+    Each row is turned into its stored text as it comes, so a generator of rows is never held whole.
+    """
+    texts: list[str] = []
+    epoch: int | None = None
     for row in rows:
+        if epoch is None:
+            epoch = len(read_moves(store))
         row.moves = epoch
-    return _append(store, "ledger", [r.to_json() for r in rows])
+        texts.append(row.to_json())
+    if not texts:
+        return ledger_size(store)
+    return _append(store, "ledger", texts)
 
 
 RUNS = "runs"  # the group's log of the runs that published: it outlives the snapshots maintain expires

@@ -4,7 +4,7 @@ Planning needs every file's coordinates before any reference can be placed, but 
 file's references in memory would grow with the archive. So each parsed batch goes to disk; a
 writing run's small per-file entries wait there too (``kind="entries"``) until planning loads them.
 Once planned, the entries and the files' placements go back to disk (``kind="plan"``), and the
-assembly reads one batch back at a time.
+assembly reads one batch back at a time, its fragments a slice at a time (:meth:`Spool.slices`).
 """
 
 from __future__ import annotations
@@ -12,10 +12,13 @@ from __future__ import annotations
 import pickle
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 __all__ = ["Spool"]
+
+SLICE = 2048  # items pickled together: a batch file is a sequence of slices, readable one at a time
 
 
 class Spool:
@@ -26,14 +29,23 @@ class Spool:
 
     def write(self, batch: int, items: list[Any], kind: str = "fragments") -> None:
         with open(self._file(batch, kind), "wb") as f:
-            pickle.dump(items, f, protocol=pickle.HIGHEST_PROTOCOL)
+            for start in range(0, len(items), SLICE):
+                pickle.dump(items[start : start + SLICE], f, protocol=pickle.HIGHEST_PROTOCOL)
 
     def read(self, batch: int, kind: str = "fragments") -> list[Any]:
+        return [item for part in self.slices(batch, kind) for item in part]
+
+    def slices(self, batch: int, kind: str = "fragments") -> Iterator[list[Any]]:
+        """A batch's items a slice at a time, in the order they were written (nothing if never written)."""
         target = self._file(batch, kind)
         if not target.exists():
-            return []
+            return
         with open(target, "rb") as f:
-            return pickle.load(f)  # written by this run only
+            while True:
+                try:
+                    yield pickle.load(f)  # written by this run only
+                except EOFError:
+                    return
 
     def _file(self, batch: int, kind: str) -> Path:
         return self.path / f"{kind}-{batch:06d}.pkl"

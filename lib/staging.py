@@ -245,19 +245,21 @@ def stage_batch(
     planned = {entry.url: (entry, placement) for entry, placement in plan.batch_items(spool, batch)}
     if not planned:
         return None, 0
-    fragments = [f for f in spool.read(batch) if f.url in planned]
-    items = [BatchItem(planned[f.url][1], f, planned[f.url][0].checksum) for f in fragments]
+    parts = (  # the batch's fragments, a spooled slice at a time
+        [BatchItem(planned[f.url][1], f, planned[f.url][0].checksum) for f in part if f.url in planned]
+        for part in spool.slices(batch)
+    )
     session = repo.writable_session(spec.repo.staging)
-    refs = place_batch(session, plan.schema, plan.axes, items, workers=workers)
+    refs, placed = place_batch(session, plan.schema, plan.axes, parts, files=len(planned), workers=workers)
     at = now()
-    append_rows(session.store, [ledger_row(*planned[i.placement.url], run.run_id, at) for i in items])
+    append_rows(session.store, (ledger_row(*planned[url], run.run_id, at) for url in placed))
     if before_commit is not None:
         before_commit()  # a crash here loses this batch's uncommitted refs, never a committed one
     snapshot = commit_session(
         session,
-        f"{run.operation}: batch {batch + 1}/{len(plan.batches)}, {len(items)} object(s), {refs} refs",
+        f"{run.operation}: batch {batch + 1}/{len(plan.batches)}, {len(placed)} object(s), {refs} refs",
         commit_metadata(
-            state, run, "batch", batch=batch + 1, batches=len(plan.batches), ingested=len(items), refs=refs
+            state, run, "batch", batch=batch + 1, batches=len(plan.batches), ingested=len(placed), refs=refs
         ),
     )
     return snapshot, refs

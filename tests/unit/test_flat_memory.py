@@ -167,6 +167,18 @@ def test_a_spilled_plan_gives_back_each_batch(tmp_path: Path) -> None:
     assert [len(items) for items in after] == [4, 0, 6]
 
 
+def test_a_spooled_batch_reads_back_a_slice_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The assembly writes a batch's fragments as they are read, a slice at a time, never the whole batch."""
+    monkeypatch.setattr("lib.spool.SLICE", 2)
+    with Spool(tmp_path) as spool:
+        spool.write(0, list(range(5)))
+        spool.write(1, [])
+        assert list(spool.slices(0)) == [[0, 1], [2, 3], [4]]
+        assert spool.read(0) == [0, 1, 2, 3, 4]
+        assert list(spool.slices(1)) == [] and spool.read(1) == []
+        assert list(spool.slices(7)) == [] and spool.read(7, kind="plan") == []  # never written
+
+
 def test_planning_holds_a_few_hundred_bytes_per_file(tmp_path: Path) -> None:
     """Files repeat their concat values, digests and checksums from cell to cell, and their entries
     share them, so planning 4,000 files holds a few hundred bytes per file (1.6 KB before they were
