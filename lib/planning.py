@@ -36,8 +36,9 @@ class Plan:
     """What a run will write: the schema and axes, and each accepted file's place.
 
     ``batches`` lists the placed URLs per parse batch. A writing run calls :meth:`spill` once the
-    plan is made: the per-file entries and placements then wait in the spool and come back a batch at
-    a time through :meth:`batch_items`, so a run's memory does not grow with the archive.
+    plan is made: the per-file entries, placements and URLs then wait in the spool and come back a
+    batch at a time (:meth:`batch_items`, :meth:`iter_placed`), so a run's memory does not grow with
+    the archive.
     """
 
     schema: CubeSchema | None
@@ -47,7 +48,7 @@ class Plan:
     entries: dict[str, FileEntry] = field(default_factory=dict)
     quarantined: dict[str, str] = field(default_factory=dict)
     deferred: dict[str, str] = field(default_factory=dict)
-    batches: list[list[str]] = field(default_factory=list)
+    batches: list[list[str] | SpilledURLs] = field(default_factory=list)
     grows: bool = False
     shared_source: str | None = None
     replaced: set[str] = field(default_factory=set)
@@ -55,6 +56,7 @@ class Plan:
     moves: list[Move] = field(default_factory=list)
     values: dict[str, dict[str, list[Any]]] = field(default_factory=dict)  # of refused and deferred files
     waiting: dict[str, str] = field(default_factory=dict)  # deferred files not yet recorded as such: since
+    _spool: Spool | None = field(default=None, repr=False)  # where a spilled plan's batches wait
 
     @property
     def accepted(self) -> int:
@@ -62,29 +64,58 @@ class Plan:
         return sum(map(len, self.batches))
 
     def iter_placed(self) -> Iterator[str]:
-        """Each placed URL once, batch by batch (a set of them all would cost ~60 bytes per object)."""
-        for batch in self.batches:
-            yield from batch
+        """Each placed URL once, batch by batch (a set of them all would cost ~60 bytes per object);
+        read back from the spool once the plan is spilled."""
+        for b, batch in enumerate(self.batches):
+            if isinstance(batch, SpilledURLs):
+                if self._spool is None or not self._spool.path.exists():
+                    raise RuntimeError("the plan's URLs were spilled to a spool that is closed")
+                for part in self._spool.slices(b, kind="urls"):
+                    yield from part
+            else:
+                yield from batch
 
     def placed_urls(self) -> set[str]:
         return set(self.iter_placed())
 
     def spill(self, spool: Spool) -> None:
-        """Move the entries and placements to the spool, a file per batch; only the shared source's stay."""
+        """Move the entries, placements and placed URLs to the spool, a file per batch; only the
+        shared source's entry and placement, and each batch's count, stay in memory."""
         if self.spilled:
             return
         for b, urls in enumerate(self.batches):
+            assert not isinstance(urls, SpilledURLs)
             spool.write(b, [(self.entries[u], self.placements[u]) for u in urls], kind="plan")
+            spool.write(b, list(urls), kind="urls")
         keep = [self.shared_source] if self.shared_source else []
         self.entries = {u: self.entries[u] for u in keep}
         self.placements = {u: self.placements[u] for u in keep}
+        # the URL strings came back from the spool with the entries, spread over the memory the
+        # entries held: kept, they would hold a URL per file for the rest of the run
+        self.batches = [SpilledURLs(len(urls)) for urls in self.batches]
+        self._spool = spool
         self.spilled = True
 
     def batch_items(self, spool: Spool, batch: int) -> list[tuple[FileEntry, Placement]]:
         """One batch's placed files, each with its entry and placement."""
         if self.spilled:
             return spool.read(batch, kind="plan")
-        return [(self.entries[u], self.placements[u]) for u in self.batches[batch]]
+        urls = self.batches[batch]
+        assert not isinstance(urls, SpilledURLs)
+        return [(self.entries[u], self.placements[u]) for u in urls]
+
+
+class SpilledURLs:
+    """A spilled plan's batch of placed URLs: they wait in the spool (``kind="urls"``), only their
+    number stays in memory."""
+
+    __slots__ = ("count",)
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
 
 
 def cube_sizes(schema: CubeSchema | None, axes: Axes) -> dict[str, int]:

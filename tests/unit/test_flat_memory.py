@@ -161,8 +161,13 @@ def test_a_spilled_plan_gives_back_each_batch(tmp_path: Path) -> None:
     with Spool(tmp_path) as spool:
         plan.spill(spool)
         assert plan.accepted == 10 and plan.placed_urls() == set(urls)
+        assert list(plan.iter_placed()) == urls  # batch by batch, in order
         assert list(plan.entries) == [urls[0]]  # only the shared source's entry stays in memory
+        assert [len(b) for b in plan.batches] == [4, 0, 6]
+        assert not any(isinstance(b, list) for b in plan.batches)  # nor any URL: they wait in the spool
         after = [plan.batch_items(spool, b) for b in range(3)]
+    with pytest.raises(RuntimeError, match="closed"):
+        next(plan.iter_placed())  # the spool is gone: a bug, never a silent zero
     assert [[(e.url, p) for e, p in items] for items in after] == [[(e.url, p) for e, p in items] for items in before]
     assert [len(items) for items in after] == [4, 0, 6]
 
