@@ -8,11 +8,11 @@ its own files' references. Native variables (coordinates, scalars) are written a
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
-from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -21,15 +21,22 @@ import numpy as np
 from lib.errors import StorageError
 from lib.hierarchy import array_at, open_root
 from lib.layout import Axes, Move, Placement
-from lib.parsing.fragment import Fragment
+from lib.parsing.fragment import Fragment, PackedSlice
 from lib.storage import ref_location
-from lib.validation import CELL, CONCAT, DATA, NATIVE, SHARED, VIRTUAL, CubeSchema, VariableSchema
+from lib.validation import CELL, CONCAT, DATA, NATIVE, SHARED, VIRTUAL, CubeSchema, FileEntry, VariableSchema
 
 if TYPE_CHECKING:
     import icechunk
     from icechunk import IcechunkStore
 
-__all__ = ["BatchItem", "clear_blocks", "cube_dims", "place_batch", "prepare_arrays"]
+__all__ = [
+    "BatchItem",
+    "SlicePart",
+    "clear_blocks",
+    "cube_dims",
+    "place_batch",
+    "prepare_arrays",
+]
 
 # Native arrays grow along pattern and concat dims; generous chunks keep a growing axis in few chunks.
 NATIVE_CHUNK_ELEMENTS = 1 << 22
@@ -223,7 +230,8 @@ def prepare_arrays(
         if var.kind == NATIVE:
             array = array_at(root, var.path)
             array[...] = np.asarray(shared.fragment.arrays[var.path].values).astype(array.dtype)
-    _set_refs(store, _ref_calls([shared], schema, axes, {v.path for v in schema.by_role(SHARED) if v.kind == VIRTUAL}))
+    shared_refs = {v.path for v in schema.by_role(SHARED) if v.kind == VIRTUAL}
+    _set_refs(store, _ref_calls(SlicePart.of(shared), schema, axes, shared_refs))
 
 
 def apply_move(session: icechunk.Session, root: Any, schema: CubeSchema, move: Move) -> None:
@@ -288,9 +296,6 @@ def _offset(var: VariableSchema, schema: CubeSchema, axes: Axes, placement: Plac
     return tuple(out)
 
 
-FORK_ABOVE = 64  # ref calls in a batch above which it is written over forks (for fewer they cost more than they save)
-
-
 class RefCall(NamedTuple):
     """One ``set_virtual_refs_arr`` call: one file's block of one variable (a tuple: one is made per
     file and variable, on the build's hot path)."""
@@ -305,67 +310,101 @@ class RefCall(NamedTuple):
     refs: int
 
 
-def _ref_calls(items: Iterable[BatchItem], schema: CubeSchema, axes: Axes, refs_for: set[str]) -> list[RefCall]:
+@dataclass
+class SlicePart:
+    """The placed files of one spooled slice: which of its files (``index``), where each goes, and
+    the checksum its refs carry."""
+
+    fragments: PackedSlice
+    index: list[int]
+    placements: list[Placement]
+    checksums: list[Any]
+
+    @classmethod
+    def of(cls, item: BatchItem) -> SlicePart:
+        return cls(PackedSlice.pack([item.fragment]), [0], [item.placement], [item.checksum])
+
+    @classmethod
+    def placed(cls, fragments: PackedSlice, planned: Mapping[str, tuple[FileEntry, Placement]]) -> SlicePart:
+        """The files of a spooled slice that the plan places (the others were refused at planning)."""
+        index = [i for i, url in enumerate(fragments.urls) if url in planned]
+        items = [planned[fragments.urls[i]] for i in index]
+        return cls(fragments, index, [p for _, p in items], [e.checksum for e, _ in items])
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def urls(self) -> list[str]:
+        return [self.fragments.urls[i] for i in self.index]
+
+    def only(self, paths: set[str]) -> SlicePart:
+        """The same files with only the arrays of ``paths``."""
+        return dataclasses.replace(self, fragments=self.fragments.only(paths))
+
+
+def _ref_calls(part: SlicePart, schema: CubeSchema, axes: Axes, refs_for: set[str]) -> list[RefCall]:
     """The calls that write each file's refs at its offset (the per-file hot path of a build).
 
-    Along a rectilinear dim a file's partial last chunk is referenced with only the bytes of its
-    values (the layout admits that only for uncompressed chunks along their leading dim, where those
-    bytes come first).
+    A variable packed across the slice is read as rows of its packed arrays, with no per-file
+    arrays made. Along a rectilinear dim a file's partial last chunk is referenced with only the
+    bytes of its values (the layout admits that only for uncompressed chunks along their leading
+    dim, where those bytes come first).
     """
-    variables = [v for v in schema.variables.values() if v.kind == VIRTUAL and v.path in refs_for]
-    # per variable, once: padding for the pattern dims, and where a file's offset comes from
-    layout = []
-    for var in variables:
-        pad = len(cube_dims(var, schema)) - len(var.dims)
+    packed = part.fragments
+    locations = [ref_location(packed.urls[i]) for i in part.index]
+    calls = []
+    for var in schema.variables.values():
+        if var.kind != VIRTUAL or var.path not in refs_for:
+            continue
+        path, ndim = var.path, len(var.dims)
+        leading = (1,) * (len(cube_dims(var, schema)) - len(var.dims))  # the pattern dims
+        padded = var.role in (DATA, CELL)
         concat_axes = [
             (i, dim, chunk, dim in schema.rectilinear)
             for i, (dim, chunk) in enumerate(zip(var.dims, var.chunks, strict=True))
             if dim in schema.concat
         ]
-        layout.append((var.path, len(var.dims), (1,) * pad, concat_axes, var.role in (DATA, CELL)))
-    calls = []
-    for item in items:
-        location = ref_location(item.fragment.url)
-        placement = item.placement
-        ranges = {d: (a, z) for d, a, z in placement.ranges}
-        arrays = item.fragment.arrays
-        for path, ndim, leading, concat_axes, padded in layout:
-            frag = arrays[path]
-            assert frag.lengths is not None and frag.offsets is not None  # referenced: the parser gave refs
-            lengths = frag.lengths.ravel()
-            count = int(np.count_nonzero(lengths))
+        stacked = packed.stacked.get(path)
+        if stacked is not None:
+            assert stacked.lengths is not None and stacked.offsets is not None  # referenced: the parser gave refs
+            grid = stacked.lengths.shape[1:]
+            all_lengths = stacked.lengths.reshape(len(packed), -1).astype(np.uint64, copy=False)
+            all_offsets = stacked.offsets.reshape(len(packed), -1).astype(np.uint64, copy=False)
+            counts = np.count_nonzero(all_lengths, axis=1).tolist()
+        for k, i in enumerate(part.index):
+            if stacked is not None:
+                offsets, lengths, count = all_offsets[i], all_lengths[i], counts[i]
+            else:
+                frag = packed.loose[i][path]
+                assert frag.lengths is not None and frag.offsets is not None
+                grid = frag.lengths.shape
+                offsets = frag.offsets.ravel().astype(np.uint64, copy=False)
+                lengths = frag.lengths.ravel().astype(np.uint64, copy=False)
+                count = int(np.count_nonzero(lengths))
             if not count:
                 continue
+            placement = part.placements[k]
             offset = [0] * ndim
             for axis, dim, chunk, rectilinear in concat_axes:
-                offset[axis] = axes.chunk_index(path, dim, chunk, ranges[dim][0])
+                span = placement.range_of(dim)
+                offset[axis] = axes.chunk_index(path, dim, chunk, span[0])
                 if rectilinear:
-                    lengths = _trimmed(frag.lengths, lengths, axis, placement.chunk_of(path, dim, chunk), ranges[dim])
-            if count == lengths.size:
-                locations = [location] * count
-            else:  # chunks the file never wrote stay empty in the cube (they read as the fill value)
-                locations = [location if n else "" for n in lengths.tolist()]
-            calls.append(
-                RefCall(
-                    path,
-                    leading + frag.lengths.shape,
-                    locations,
-                    frag.offsets.ravel().astype(np.uint64, copy=False),
-                    lengths.astype(np.uint64, copy=False),
-                    (*placement.cell, *offset) if padded else tuple(offset),
-                    item.checksum,
-                    count,
-                )
-            )
+                    lengths = _trimmed(grid, lengths, axis, placement.chunk_of(path, dim, chunk), span)
+            location = locations[k]
+            # chunks the file never wrote stay empty in the cube (they read as the fill value)
+            full = count == lengths.size
+            where = [location] * count if full else [location if n else "" for n in lengths.tolist()]
+            arr_offset = (*placement.cell, *offset) if padded else tuple(offset)
+            calls.append(RefCall(path, leading + grid, where, offsets, lengths, arr_offset, part.checksums[k], count))
     return calls
 
 
-def _trimmed(grid: np.ndarray, flat: np.ndarray, axis: int, chunk: int, span: tuple[int, int]) -> np.ndarray:
+def _trimmed(grid: tuple[int, ...], flat: np.ndarray, axis: int, chunk: int, span: tuple[int, int]) -> np.ndarray:
     """Lengths with the partial last chunk along ``axis`` cut to its values' bytes."""
     values = (span[1] - span[0]) % chunk
     if not values:
         return flat
-    cut = flat.reshape(grid.shape).copy()
+    cut = flat.reshape(grid).copy()
     last: list[Any] = [slice(None)] * cut.ndim
     last[axis] = -1
     cut[tuple(last)] = cut[tuple(last)] // chunk * values
@@ -391,7 +430,7 @@ def _set_refs(store: IcechunkStore, calls: list[RefCall]) -> None:
             )
 
 
-def _write_natives(store: IcechunkStore, schema: CubeSchema, items: list[BatchItem]) -> None:
+def _write_natives(store: IcechunkStore, schema: CubeSchema, parts: list[SlicePart]) -> None:
     """Native data and cell variables: read each array once, set every file's block, write it once."""
 
     root = open_root(store, "r+")
@@ -400,68 +439,42 @@ def _write_natives(store: IcechunkStore, schema: CubeSchema, items: list[BatchIt
             continue
         array = array_at(root, var.path)
         whole = np.array(array[...])
-        for item in items:
-            values = item.fragment.arrays[var.path].values
-            region: list[slice | int] = list(item.placement.cell)
-            for dim in var.dims:
-                if dim in schema.concat:
-                    start, stop = item.placement.range_of(dim)
-                    region.append(slice(start, stop))
-                else:
-                    region.append(slice(None))
-            whole[tuple(region)] = values
+        for part in parts:
+            for i, placement in zip(part.index, part.placements, strict=True):
+                region: list[slice | int] = list(placement.cell)
+                for dim in var.dims:
+                    if dim in schema.concat:
+                        start, stop = placement.range_of(dim)
+                        region.append(slice(start, stop))
+                    else:
+                        region.append(slice(None))
+                whole[tuple(region)] = part.fragments.array(var.path, i, "values")
         array[...] = whole
 
 
 def place_batch(
-    session: icechunk.Session,
-    schema: CubeSchema,
-    axes: Axes,
-    parts: Iterable[list[BatchItem]],
-    files: int,
-    workers: int = 2,
+    session: icechunk.Session, schema: CubeSchema, axes: Axes, parts: Iterable[SlicePart]
 ) -> tuple[int, list[str]]:
     """Write one batch's references and native values into a session, its files a slice (``parts``)
     at a time; returns the refs written and the URLs placed, in order.
 
-    With ``workers`` > 1 and more than a few refs to write (``files`` in all), the references are
-    spread over that many Icechunk forks, written in parallel and merged back. Each slice is shared
-    out over the forks while the next one is read, and no more than two slices are in hand at once,
-    so a batch's memory does not grow with its size. The arrays must already have their final size
-    (forks cannot grow them).
+    No more than a slice of the batch is in hand at once, so a batch's memory does not grow with its
+    size. The references go in from this process, in one session: Icechunk's calls hold the GIL, so
+    forks written from threads were slower (~20 %), and forks written from worker processes were
+    barely faster and doubled the memory (``benchmarks/RESULTS.md``, P4).
     """
     refs_for = {v.path for v in schema.by_role(DATA, CELL) if v.kind == VIRTUAL}
-    natives = any(v.kind == NATIVE and v.role in (DATA, CELL) for v in schema.variables.values())
-    kept: list[BatchItem] = []  # only for native variables, written once at the end
+    natives = {v.path for v in schema.variables.values() if v.kind == NATIVE and v.role in (DATA, CELL)}
+    kept: list[SlicePart] = []  # only the native variables' values, written once at the end
     placed: list[str] = []
-
-    def place(store: IcechunkStore, part: list[BatchItem]) -> int:
-        calls = _ref_calls(part, schema, axes, refs_for)
-        _set_refs(store, calls)
-        return sum(c.refs for c in calls)
-
-    def taken(part: list[BatchItem]) -> list[BatchItem]:
-        placed.extend(item.placement.url for item in part)
-        if natives:
-            kept.extend(part)
-        return part
-
     refs = 0
-    if workers > 1 and files * len(refs_for) > FORK_ABOVE:
-        forks = [session.fork() for _ in range(workers)]
-        running: list[Future[int] | None] = [None] * workers  # each fork's share of the previous slice
-        with ThreadPoolExecutor(workers) as pool:
-            for part in parts:
-                taken(part)
-                for i, fork in enumerate(forks):
-                    if (previous := running[i]) is not None:
-                        refs += previous.result()
-                    running[i] = pool.submit(place, fork.store, part[i::workers])
-            refs += sum(f.result() for f in running if f is not None)
-        session.merge(*forks)
-    else:
-        for part in parts:
-            refs += place(session.store, taken(part))
+    for part in parts:
+        placed.extend(part.urls())
+        if natives:
+            kept.append(part.only(natives))
+        calls = _ref_calls(part, schema, axes, refs_for)
+        _set_refs(session.store, calls)
+        refs += sum(c.refs for c in calls)
     if natives:
         _write_natives(session.store, schema, kept)
     return refs, placed

@@ -78,6 +78,9 @@ class Placement:
     ranges: tuple[tuple[str, int, int], ...]
     chunking: tuple[tuple[str, str, int], ...] = ()  # (dim, variable, chunk) along rectilinear dims
 
+    def __reduce__(self) -> tuple[Any, ...]:  # a spilled plan pickles one per file: positional is twice as quick
+        return (Placement, (self.url, self.cell, self.ranges, self.chunking))
+
     def range_of(self, dim: str) -> tuple[int, int]:
         for d, start, stop in self.ranges:
             if d == dim:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import operator
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -88,9 +89,10 @@ class LedgerRow:
     moves: int = 0  # the moves the log held when the row was written (its positions are as of then)
 
     def to_json(self) -> str:
-        # a row per object on the build's hot path: getattr over the fields (dataclasses.asdict deep
-        # copies, ~40 µs a row) and orjson (~3x the standard library's speed)
-        values = {k: v for k in _ROW_FIELDS if (v := getattr(self, k)) not in ("", {}, 0) or k in ("url", "status")}
+        # a row per object on the build's hot path: the fields in one attrgetter call (dataclasses.asdict
+        # deep copies, ~40 µs a row), empty ones left out (they read back as the defaults), and orjson
+        # (~3x the standard library's speed)
+        values = {k: v for k, v in zip(_ROW_FIELDS, _row_values(self), strict=True) if v or k in _ALWAYS}
         return orjson.dumps(values, default=str).decode()
 
     @classmethod
@@ -101,6 +103,8 @@ class LedgerRow:
 
 
 _ROW_FIELDS = tuple(LedgerRow.__dataclass_fields__)
+_row_values = operator.attrgetter(*_ROW_FIELDS)
+_ALWAYS = ("url", "status")
 
 
 def now() -> str:

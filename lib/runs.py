@@ -336,7 +336,6 @@ class CubeRun:
             self.spool,
             batch,
             self.info,
-            workers=max(1, min(self.spec.execution.workers, 4)),
             before_commit=(lambda: checkpoint("refs-half-written")) if batch == len(self.plan_.batches) // 2 else None,
         )
         self.staged = snapshot or self.staged

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pickle
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +27,20 @@ class Spool:
     def __init__(self, root: str | Path | None = None) -> None:
         self.path = Path(tempfile.mkdtemp(prefix="icefloe-spool-", dir=root))
 
-    def write(self, batch: int, items: list[Any], kind: str = "fragments") -> None:
+    def write(
+        self, batch: int, items: list[Any], kind: str = "fragments", pack: Callable[[list[Any]], Any] | None = None
+    ) -> None:
+        """Write a batch's items, a slice at a time; ``pack`` turns each slice into what is stored
+        (it must iterate over the slice's items, in order)."""
         with open(self._file(batch, kind), "wb") as f:
             for start in range(0, len(items), SLICE):
-                pickle.dump(items[start : start + SLICE], f, protocol=pickle.HIGHEST_PROTOCOL)
+                part = items[start : start + SLICE]
+                pickle.dump(part if pack is None else pack(part), f, protocol=pickle.HIGHEST_PROTOCOL)
 
     def read(self, batch: int, kind: str = "fragments") -> list[Any]:
         return [item for part in self.slices(batch, kind) for item in part]
 
-    def slices(self, batch: int, kind: str = "fragments") -> Iterator[list[Any]]:
+    def slices(self, batch: int, kind: str = "fragments") -> Iterator[Any]:
         """A batch's items a slice at a time, in the order they were written (nothing if never written)."""
         target = self._file(batch, kind)
         if not target.exists():

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
-from lib.assembly import BatchItem, clear_blocks, place_batch, prepare_arrays
+from lib.assembly import BatchItem, SlicePart, clear_blocks, place_batch, prepare_arrays
 from lib.expectations import coordinate_findings, coordinate_names, file_findings, new_value_owners
 from lib.layout import Axes, Move, Placement
 from lib.ledger import (
@@ -237,7 +237,6 @@ def stage_batch(
     spool: Spool,
     batch: int,
     run: RunInfo,
-    workers: int = 2,
     before_commit: Callable[[], None] | None = None,
 ) -> tuple[str | None, int]:
     """Place one batch's references and ledger rows in one staging commit; returns (snapshot, refs)."""
@@ -245,12 +244,9 @@ def stage_batch(
     planned = {entry.url: (entry, placement) for entry, placement in plan.batch_items(spool, batch)}
     if not planned:
         return None, 0
-    parts = (  # the batch's fragments, a spooled slice at a time
-        [BatchItem(planned[f.url][1], f, planned[f.url][0].checksum) for f in part if f.url in planned]
-        for part in spool.slices(batch)
-    )
+    parts = (SlicePart.placed(part, planned) for part in spool.slices(batch))  # a spooled slice at a time
     session = repo.writable_session(spec.repo.staging)
-    refs, placed = place_batch(session, plan.schema, plan.axes, parts, files=len(planned), workers=workers)
+    refs, placed = place_batch(session, plan.schema, plan.axes, parts)
     at = now()
     append_rows(session.store, (ledger_row(*planned[url], run.run_id, at) for url in placed))
     if before_commit is not None:

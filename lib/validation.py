@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import warnings
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -222,6 +223,12 @@ class FileEntry:
     @property
     def field_values(self) -> dict[str, int | str]:
         return dict(self.fields)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled once per file, twice: positional is twice as quick
+        return (FileEntry, _entry_fields(self))
+
+
+_entry_fields = operator.attrgetter(*FileEntry.__dataclass_fields__)
 
 
 def schema_of(

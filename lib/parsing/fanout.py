@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lib.errors import Failure, IcefloeError, StorageError, classify_failure
-from lib.parsing.fragment import Fragment
+from lib.parsing.fragment import Fragment, PackedSlice
 from lib.validation import CubeSchema, FileEntry
 
 if TYPE_CHECKING:
@@ -226,5 +226,5 @@ def parse_objects(
         raise StorageError(f"parser workers keep dying ({suspects[0][1].error}); no object was quarantined")
     for obj, failure in suspects:
         absorb(SummarizedBatch([ParseFailure(obj.url, f"'{obj.url}' crashed the parser process ({failure.error})")]))
-    spool.write(batch, spooled)
+    spool.write(batch, spooled, pack=PackedSlice.pack)
     return out

@@ -10,12 +10,13 @@ from __future__ import annotations
 import base64
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ArrayFragment", "Fragment", "json_safe_attributes"]
+__all__ = ["ArrayFragment", "Fragment", "PackedSlice", "json_safe_attributes"]
 
 # CF attributes that change how stored values decode: they must agree across files of a variable.
 ENCODING_ATTRIBUTES = ("scale_factor", "add_offset", "units", "calendar", "_FillValue", "missing_value")
@@ -104,6 +105,105 @@ class Fragment:
             for path, a in self.arrays.items()
         }
         return Fragment(url=self.url, format=self.format, parser=self.parser, arrays=arrays)
+
+
+@dataclass
+class PackedSlice:
+    """Several files' write-ready fragments (:meth:`Fragment.references_only`) packed by variable.
+
+    A variable that every file holds alike -- references on the same chunk grid, or values of the
+    same shape and dtype -- is one :class:`ArrayFragment` whose arrays have a leading axis of files
+    (``stacked``); whatever is not alike stays with its own file (``loose``). A slice of thousands of
+    files is then a few arrays rather than thousands of objects, which is what makes reading a
+    spooled batch back, and writing its references, cheap per file.
+    """
+
+    urls: list[str]
+    formats: list[str]
+    parsers: list[str]
+    stacked: dict[str, ArrayFragment]
+    loose: list[dict[str, ArrayFragment]]
+
+    @classmethod
+    def pack(cls, fragments: list[Fragment]) -> PackedSlice:
+        stacked = {}
+        for path, first in (fragments[0].arrays if fragments else {}).items():
+            alike = [a for f in fragments if (a := f.arrays.get(path)) is not None and _alike(first, a)]
+            if len(alike) == len(fragments):
+                stacked[path] = ArrayFragment(
+                    path,
+                    {},
+                    offsets=_stack(alike, "offsets"),
+                    lengths=_stack(alike, "lengths"),
+                    values=_stack(alike, "values"),
+                    storage=first.storage,
+                )
+        return cls(
+            urls=[f.url for f in fragments],
+            formats=[f.format for f in fragments],
+            parsers=[f.parser for f in fragments],
+            stacked=stacked,
+            loose=[{p: a for p, a in f.arrays.items() if p not in stacked} for f in fragments],
+        )
+
+    def __len__(self) -> int:
+        return len(self.urls)
+
+    def __iter__(self) -> Iterator[Fragment]:
+        return (self.fragment(i) for i in range(len(self.urls)))
+
+    def fragment(self, i: int) -> Fragment:
+        """The ``i``-th file's fragment (its arrays views into the packed ones)."""
+        arrays = {
+            path: ArrayFragment(
+                path,
+                {},
+                offsets=None if a.offsets is None else a.offsets[i],
+                lengths=None if a.lengths is None else a.lengths[i],
+                values=None if a.values is None else a.values[i],
+                storage=a.storage,
+            )
+            for path, a in self.stacked.items()
+        }
+        arrays.update(self.loose[i])
+        return Fragment(url=self.urls[i], format=self.formats[i], parser=self.parsers[i], arrays=arrays)
+
+    def only(self, paths: set[str]) -> PackedSlice:
+        """The same files with only the arrays of ``paths``."""
+        return PackedSlice(
+            self.urls,
+            self.formats,
+            self.parsers,
+            {p: a for p, a in self.stacked.items() if p in paths},
+            [{p: a for p, a in arrays.items() if p in paths} for arrays in self.loose],
+        )
+
+    def array(self, path: str, i: int, what: str) -> np.ndarray | None:
+        """One file's ``offsets``, ``lengths`` or ``values`` of a variable, packed or not."""
+        packed = self.stacked.get(path)
+        if packed is not None:
+            whole = getattr(packed, what)
+            return None if whole is None else whole[i]
+        return getattr(self.loose[i][path], what)
+
+
+def _alike(a: ArrayFragment, b: ArrayFragment) -> bool:
+    if a.storage != b.storage:
+        return False
+    for what in ("offsets", "lengths", "values"):
+        x, y = getattr(a, what), getattr(b, what)
+        if x is None or y is None:
+            if x is not y:
+                return False
+        elif np.shape(x) != np.shape(y) or np.asarray(x).dtype != np.asarray(y).dtype:
+            return False
+    return True
+
+
+def _stack(arrays: list[ArrayFragment], what: str) -> np.ndarray | None:
+    """One of the arrays (``offsets``, ``lengths`` or ``values``) of alike fragments, with a leading axis of files."""
+    parts = [getattr(a, what) for a in arrays]
+    return None if parts[0] is None else np.stack(parts)
 
 
 def _safe_value(value: Any, where: str, notes: list[str]) -> Any:

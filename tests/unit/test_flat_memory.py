@@ -9,6 +9,7 @@ import tracemalloc
 from pathlib import Path
 
 import icechunk
+import numpy as np
 import obstore
 import pytest
 from obstore.store import LocalStore
@@ -27,6 +28,7 @@ from lib.ledger import (
 )
 from lib.parsing import ParseOptions, SourceConfig
 from lib.parsing.fanout import ParsedBatch, _compact, summarize_objects
+from lib.parsing.fragment import ArrayFragment, Fragment, PackedSlice
 from lib.planning import Plan, plan_update
 from lib.quality import SpotSample, choose_samples
 from lib.spool import Spool
@@ -182,6 +184,47 @@ def test_a_spooled_batch_reads_back_a_slice_at_a_time(tmp_path: Path, monkeypatc
         assert spool.read(0) == [0, 1, 2, 3, 4]
         assert list(spool.slices(1)) == [] and spool.read(1) == []
         assert list(spool.slices(7)) == [] and spool.read(7, kind="plan") == []  # never written
+
+
+def _fragment(url: str, chunks: int, rate: float) -> Fragment:
+    """A write-ready fragment: refs of one variable over ``chunks`` chunks, and a native scalar."""
+    offsets = np.arange(chunks, dtype=np.uint64).reshape(1, chunks) * 100 + int(rate) * 1000  # each file its own
+    return Fragment(
+        url=url,
+        format="hdf5",
+        parser="fast",
+        arrays={
+            "tas": ArrayFragment("tas", {}, offsets=offsets, lengths=np.full((1, chunks), 100, dtype=np.uint64)),
+            "rate": ArrayFragment("rate", {}, values=np.asarray(rate)),
+        },
+    )
+
+
+def test_a_spooled_slice_is_packed_by_variable_and_gives_back_each_file(tmp_path: Path) -> None:
+    """Files whose variables are alike are kept as one array per variable (a few objects per slice,
+    not a few per file); a file that differs keeps that variable on its own; every file comes back
+    with exactly its own arrays."""
+    alike = [_fragment(f"file:///a/f{i}.nc", 3, float(i)) for i in range(4)]
+    odd = _fragment("file:///a/odd.nc", 5, 9.0)  # another chunk grid: its refs cannot stack with the others'
+    with Spool(tmp_path) as spool:
+        spool.write(0, [*alike, odd], pack=PackedSlice.pack)
+        (packed,) = list(spool.slices(0))
+    assert isinstance(packed, PackedSlice) and packed.urls == [f.url for f in [*alike, odd]]
+    assert set(packed.stacked) == {"rate"} and packed.stacked["rate"].values.shape == (5,)
+    assert [set(loose) for loose in packed.loose] == [{"tas"}] * 5
+    same = PackedSlice.pack(alike)
+    assert set(same.stacked) == {"tas", "rate"} and same.stacked["tas"].offsets.shape == (4, 1, 3)
+    assert all(not loose for loose in same.loose)
+    for slice_ in (packed, same):
+        for want, got in zip([*alike, odd], slice_, strict=False):
+            assert (got.url, got.format, got.parser) == (want.url, want.format, want.parser)
+            assert set(got.arrays) == set(want.arrays)
+            for path, array in want.arrays.items():
+                for what in ("offsets", "lengths", "values"):
+                    mine = getattr(array, what)
+                    theirs = getattr(got.arrays[path], what)
+                    assert (mine is None and theirs is None) or np.array_equal(mine, theirs), (got.url, path, what)
+    assert packed.array("tas", 4, "offsets").shape == (1, 5) and packed.array("rate", 2, "values") == 2.0
 
 
 def test_planning_holds_a_few_hundred_bytes_per_file(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import xarray as xr
 
 from lib import quality
 from lib.errors import StorageError
+from lib.parsing.fragment import PackedSlice
 from lib.pipeline import Step, run_steps
 from lib.runs import CubeRun
 from tests.helpers import dataset, file_url, locations, make_spec, open_repo, read_cube, run_cube, write_nc4
@@ -226,7 +227,7 @@ def test_spot_check_catches_a_wrong_reference(workdir: Path) -> None:
             for fragment in fragments:
                 if fragment.url == victim:
                     fragment.arrays["tas"].offsets.ravel()[0] += 7
-            run.spool.write(args[0], fragments)  # type: ignore[arg-type]
+            run.spool.write(args[0], fragments, pack=PackedSlice.pack)  # type: ignore[arg-type]
         return result
 
     try:

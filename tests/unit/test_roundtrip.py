@@ -126,11 +126,10 @@ def test_new_dims_from_integer_and_string_path_fields(workdir: Path) -> None:
         xr.testing.assert_identical(got, reference(paths))
 
 
-@pytest.mark.parametrize("sliced", [False, True], ids=["whole-batches", "slices-over-forks"])
+@pytest.mark.parametrize("sliced", [False, True], ids=["whole-batches", "slices"])
 def test_demo_six_dimensional_cube(workdir: Path, sliced: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    if sliced:  # each batch of 4 files spooled in slices of 3 and 1, and written over two forks
+    if sliced:  # each batch of 4 files spooled in packed slices of 3 and 1
         monkeypatch.setattr("lib.spool.SLICE", 3)
-        monkeypatch.setattr("lib.assembly.FORK_ABOVE", 0)
     shape = DemoShape(polygons=2, months=2, steps=3)
     write_demo_archive(workdir / "archive", shape)
     spec = make_spec(workdir, "polygon_{polygon:d}/month_{month:d}/step_*.nc")
