@@ -352,6 +352,7 @@ def _ref_calls(part: SlicePart, schema: CubeSchema, axes: Axes, refs_for: set[st
     """
     packed = part.fragments
     locations = [ref_location(packed.urls[i]) for i in part.index]
+    firsts: dict[str, list[int]] = {}  # per concat dim, where each file starts along it
     calls = []
     for var in schema.variables.values():
         if var.kind != VIRTUAL or var.path not in refs_for:
@@ -364,6 +365,11 @@ def _ref_calls(part: SlicePart, schema: CubeSchema, axes: Axes, refs_for: set[st
             for i, (dim, chunk) in enumerate(zip(var.dims, var.chunks, strict=True))
             if dim in schema.concat
         ]
+        for _, dim, _, _ in concat_axes:
+            if dim not in firsts:
+                firsts[dim] = [p.range_of(dim)[0] for p in part.placements]
+        # per concat axis, the chunk index at which each file's block starts
+        starts = [axes.chunk_indices(path, dim, chunk, firsts[dim]) for _, dim, chunk, _ in concat_axes]
         stacked = packed.stacked.get(path)
         if stacked is not None:
             assert stacked.lengths is not None and stacked.offsets is not None  # referenced: the parser gave refs
@@ -385,10 +391,10 @@ def _ref_calls(part: SlicePart, schema: CubeSchema, axes: Axes, refs_for: set[st
                 continue
             placement = part.placements[k]
             offset = [0] * ndim
-            for axis, dim, chunk, rectilinear in concat_axes:
-                span = placement.range_of(dim)
-                offset[axis] = axes.chunk_index(path, dim, chunk, span[0])
+            for (axis, dim, chunk, rectilinear), start in zip(concat_axes, starts, strict=True):
+                offset[axis] = start[k]
                 if rectilinear:
+                    span = placement.range_of(dim)
                     lengths = _trimmed(grid, lengths, axis, placement.chunk_of(path, dim, chunk), span)
             location = locations[k]
             # chunks the file never wrote stay empty in the cube (they read as the fill value)

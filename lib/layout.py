@@ -63,10 +63,14 @@ class Axes:
 
     def chunk_index(self, variable: str, dim: str, chunk: int, position: int) -> int:
         """The index, along ``dim``, of the chunk of ``variable`` that starts at ``position``."""
+        return self.chunk_indices(variable, dim, chunk, [position])[0]
+
+    def chunk_indices(self, variable: str, dim: str, chunk: int, positions: list[int]) -> list[int]:
+        """:meth:`chunk_index` of many positions at once (a slice of files, on a build's hot path)."""
         boundaries = self.edges.get(dim, {}).get(variable)
         if boundaries is None:
-            return position // chunk
-        return bisect.bisect_right(boundaries, position) - 1
+            return [position // chunk for position in positions]
+        return [bisect.bisect_right(boundaries, position) - 1 for position in positions]
 
 
 @dataclass(frozen=True, slots=True)
