@@ -1,9 +1,9 @@
 """Assembly: write the cube's arrays and place each file's references at its offset.
 
 Arrays are created (or resized) at their full size first; then each batch's references are written
-straight into them with ``set_virtual_refs_arr(..., arr_offset=...)``, spread over parallel Icechunk
-forks that are merged back into one session. Nothing is concatenated in memory: a batch holds only
-its own files' references. Native variables (coordinates, scalars) are written as regular chunks.
+straight into them with ``set_virtual_refs_arr(..., arr_offset=...)``, a packed slice of files at a
+time (:class:`SlicePart`). Nothing is concatenated in memory: a batch holds only a slice of its own
+files' references. Native variables (coordinates, scalars) are written as regular chunks.
 """
 
 from __future__ import annotations
