@@ -29,14 +29,7 @@ if TYPE_CHECKING:
     import icechunk
     from icechunk import IcechunkStore
 
-__all__ = [
-    "BatchItem",
-    "SlicePart",
-    "clear_blocks",
-    "cube_dims",
-    "place_batch",
-    "prepare_arrays",
-]
+__all__ = ["BatchItem", "SlicePart", "clear_blocks", "cube_dims", "place_batch", "prepare_arrays"]
 
 # Native arrays grow along pattern and concat dims; generous chunks keep a growing axis in few chunks.
 NATIVE_CHUNK_ELEMENTS = 1 << 22
@@ -330,9 +323,6 @@ class SlicePart:
         index = [i for i, url in enumerate(fragments.urls) if url in planned]
         items = [planned[fragments.urls[i]] for i in index]
         return cls(fragments, index, [p for _, p in items], [e.checksum for e, _ in items])
-
-    def __len__(self) -> int:
-        return len(self.index)
 
     def urls(self) -> list[str]:
         return [self.fragments.urls[i] for i in self.index]
