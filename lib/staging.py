@@ -172,7 +172,7 @@ def stage_prepare(
     shared = None
     if plan.fresh and plan.shared_source:
         entry = plan.entries[plan.shared_source]
-        fragment = next(f for part in spool.slices(entry.spool) for f in part if f.url == entry.url)
+        fragment = next(p.fragment(p.urls.index(entry.url)) for p in spool.slices(entry.spool) if entry.url in p.urls)
         shared = BatchItem(plan.placements[entry.url], fragment, entry.checksum)
     if plan.moves and not plan.fresh:  # logged first: every row written from now on has the moved positions
         append_moves(session.store, [dataclasses.asdict(m) for m in plan.moves])
