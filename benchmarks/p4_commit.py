@@ -2,11 +2,12 @@
 batch commits (``lib.staging.stage_prepare`` + ``stage_batch``: arrays at full size, refs placed at
 their offsets from packed spool slices, ledger rows, one commit per batch, manifests split along time).
 
-    python -m benchmarks.p4_commit [--refs 10000000] [--modes pipeline per-object bulk]
+    python -m benchmarks.p4_commit [--refs 10000000] [--modes pipeline specs per-object bulk]
 
-Beside the pipeline, the same refs go in through Icechunk's own API in the same run (see MODES): one
-call per object with its checksum (what the pipeline must do to keep each object's ETag), and
-FACTS.md's hand-tuned bulk calls without checksums. The objects are synthetic (8 refs each, like the
+Beside the pipeline, the same refs go in through Icechunk's own API in the same run (see MODES): a
+``VirtualChunkSpec`` per ref with its object's checksum, one ``set_virtual_refs_arr`` call per object
+with its checksum (the two ways to keep each object's ETag), and FACTS.md's hand-tuned bulk calls
+without checksums. The objects are synthetic (8 refs each, like the
 benchmark tiles, each with its own ETag as on S3); parsing is left out on purpose -- P1 measures it.
 For the pipeline, what parsing and planning leave behind -- the spooled, packed fragments and the
 spilled plan's entries -- is written to a real spool first, outside the timed part
@@ -40,7 +41,7 @@ SCRIPT = textwrap.dedent("""
     from lib.spool import Spool
     from lib.repository import open_repository
     from lib.state import read_cube_state
-    from lib.staging import RunInfo, stage_prepare, stage_batch, manifest_split
+    from lib.staging import RunInfo, WorkAhead, stage_prepare, stage_batch, manifest_split
     from lib.repository import set_manifest_splitting
 
     work, n_files, batch_files, mode = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -105,9 +106,12 @@ SCRIPT = textwrap.dedent("""
     stage_prepare(repo, spec, state, plan, spool, info, {})
     refs = 0
     if mode == "pipeline":
+        ahead = WorkAhead()  # as the build does: the next batch is read back while one commits
         for b in range(n_batches):
-            _, r = stage_batch(repo, spec, state, plan, spool, b, info)
+            _, r = stage_batch(repo, spec, state, plan, spool, b, info, work=ahead.take(b),
+                               while_committing=lambda epoch: ahead.start(plan, spool, b + 1, info, epoch))
             refs += r
+        ahead.close()
     else:
         # Icechunk's own API on the same arrays and commits, without the pipeline around it
         per_var = [(v.path, (1, 1) + frag.arrays[v.path].lengths.shape, frag.arrays[v.path].offsets.ravel().astype("u8"),
@@ -125,6 +129,18 @@ SCRIPT = textwrap.dedent("""
                         st.set_virtual_refs_arr(path, grid, [u] * offs.size, offs, lens, arr_offset=(p, m, t, 0, 0, 0),
                                                 checksum=f"etag-{i:08d}")
                         refs += offs.size
+            elif mode == "specs":  # one call per cell and variable, a VirtualChunkSpec per ref with its object's checksum
+                from icechunk import VirtualChunkSpec
+                for c0 in range(lo, hi, steps):
+                    (p, m), _ = where(c0)
+                    files = range(c0, min(hi, c0 + steps))
+                    for path, grid, offs, lens in per_var:
+                        idx = list(np.ndindex(*grid[3:]))
+                        ol, ll = offs.tolist(), lens.tolist()
+                        specs = [VirtualChunkSpec([p, m, i % steps, *ix], url(i), o, n, etag_checksum=f"etag-{i:08d}")
+                                 for i in files for ix, o, n in zip(idx, ol, ll)]
+                        st.set_virtual_refs(path, specs)
+                        refs += len(specs)
             else:  # "bulk": one call per cell and variable, no checksums (FACTS.md's hand-tuned way)
                 for c0 in range(lo, hi, steps):
                     (p, m), _ = where(c0)
@@ -143,6 +159,8 @@ MODES = {
     "pipeline": "icefloe's stage_prepare + stage_batch: refs, ledger rows, one commit per batch, read from the spool",
     "per-object": "Icechunk's set_virtual_refs_arr directly, one call per object and variable with the "
     "object's own checksum, same arrays and commits: the floor for any writer that keeps per-object ETags",
+    "specs": "Icechunk's set_virtual_refs directly, one call per cell and variable, a VirtualChunkSpec per ref "
+    "with its object's own checksum, same arrays and commits: the floor for the way icefloe writes small blocks",
     "bulk": "Icechunk's set_virtual_refs_arr directly, one call per cell and variable, no checksums, "
     "same arrays and commits (FACTS.md's hand-tuned way)",
 }

@@ -9,10 +9,11 @@ files' references. Native variables (coordinates, scalars) are written as regula
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import itertools
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -224,7 +225,7 @@ def prepare_arrays(
             array = array_at(root, var.path)
             array[...] = np.asarray(shared.fragment.arrays[var.path].values).astype(array.dtype)
     shared_refs = {v.path for v in schema.by_role(SHARED) if v.kind == VIRTUAL}
-    _set_refs(store, _ref_calls(SlicePart.of(shared), schema, axes, shared_refs))
+    _set_refs(store, _ref_writes(SlicePart.of(shared), schema, axes, shared_refs))
 
 
 def apply_move(session: icechunk.Session, root: Any, schema: CubeSchema, move: Move) -> None:
@@ -289,20 +290,6 @@ def _offset(var: VariableSchema, schema: CubeSchema, axes: Axes, placement: Plac
     return tuple(out)
 
 
-class RefCall(NamedTuple):
-    """One ``set_virtual_refs_arr`` call: one file's block of one variable (a tuple: one is made per
-    file and variable, on the build's hot path)."""
-
-    array_path: str
-    chunk_grid_shape: tuple[int, ...]
-    locations: list[str]
-    offsets: np.ndarray
-    lengths: np.ndarray
-    arr_offset: tuple[int, ...]
-    checksum: Any
-    refs: int
-
-
 @dataclass
 class SlicePart:
     """The placed files of one spooled slice: which of its files (``index``), where each goes, and
@@ -332,67 +319,152 @@ class SlicePart:
         return dataclasses.replace(self, fragments=self.fragments.only(paths))
 
 
-def _ref_calls(part: SlicePart, schema: CubeSchema, axes: Axes, refs_for: set[str]) -> list[RefCall]:
-    """The calls that write each file's refs at its offset (the per-file hot path of a build).
+class RefBlock(NamedTuple):
+    """Files of a slice whose refs of one variable share a chunk grid: ``rows`` pick them out of the
+    slice's placed files, ``offsets`` and ``lengths`` hold a row of the file's refs each."""
 
-    A variable packed across the slice is read as rows of its packed arrays, with no per-file
-    arrays made. Along a rectilinear dim a file's partial last chunk is referenced with only the
+    rows: list[int]
+    grid: tuple[int, ...]
+    offsets: np.ndarray
+    lengths: np.ndarray
+
+
+def _blocks(part: SlicePart, path: str) -> Iterator[RefBlock]:
+    """A variable's refs in a slice: the packed files in one block, each loose file in its own."""
+    packed = part.fragments
+    stacked = packed.stacked.get(path)
+    if stacked is not None:
+        assert stacked.lengths is not None and stacked.offsets is not None  # referenced: the parser gave refs
+        index = np.asarray(part.index, dtype=np.intp)
+        flat = (len(packed), -1)
+        offsets = stacked.offsets.reshape(flat)[index].astype(np.uint64, copy=False)
+        lengths = stacked.lengths.reshape(flat)[index].astype(np.uint64, copy=False)
+        yield RefBlock(list(range(len(part.index))), stacked.lengths.shape[1:], offsets, lengths)
+        return
+    for k, i in enumerate(part.index):
+        frag = packed.loose[i][path]
+        assert frag.lengths is not None and frag.offsets is not None
+        shape = (1, -1)
+        offsets = frag.offsets.reshape(shape).astype(np.uint64, copy=False)
+        yield RefBlock([k], frag.lengths.shape, offsets, frag.lengths.reshape(shape).astype(np.uint64, copy=False))
+
+
+# A file's block of a variable with at most this many refs goes in as one ``VirtualChunkSpec`` per
+# ref, the slice's blocks in one ``set_virtual_refs`` call; larger blocks in a ``set_virtual_refs_arr``
+# call each. The arr call costs ~10 µs plus ~1.2 µs a ref, a spec ~2-3 µs a ref (benchmarks/RESULTS.md, P4).
+SPEC_REFS_MAX = 6
+
+
+class RefCall(NamedTuple):
+    """One ``set_virtual_refs_arr`` call: one file's block of one variable, all its refs carrying the
+    file's checksum."""
+
+    array_path: str
+    chunk_grid_shape: tuple[int, ...]
+    locations: list[str]
+    offsets: np.ndarray
+    lengths: np.ndarray
+    arr_offset: tuple[int, ...]
+    checksum: Any
+
+
+@dataclass
+class RefWrites:
+    """A slice's references: small blocks as specs per variable, large ones as a call per file."""
+
+    specs: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
+    calls: list[RefCall] = dataclasses.field(default_factory=list)
+
+    @property
+    def refs(self) -> int:
+        return sum(map(len, self.specs.values())) + sum(len(c.locations) - c.locations.count("") for c in self.calls)
+
+
+def _ref_writes(part: SlicePart, schema: CubeSchema, axes: Axes, refs_for: set[str]) -> RefWrites:
+    """Each file's references of a slice, each with its file's own checksum (the per-file hot path
+    of a build).
+
+    Where each file's block starts (its cell, then its first chunk along each concat dim) is worked
+    out for the whole slice at once. Chunks a file never wrote stay empty in the cube (they read as
+    the fill value). Along a rectilinear dim a file's partial last chunk is referenced with only the
     bytes of its values (the layout admits that only for uncompressed chunks along their leading
     dim, where those bytes come first).
     """
+    out = RefWrites()
+    if not part.index:
+        return out
     packed = part.fragments
     locations = [ref_location(packed.urls[i]) for i in part.index]
+    cells = np.array([p.cell for p in part.placements], dtype=np.int64).reshape(len(part.placements), -1)
     firsts: dict[str, list[int]] = {}  # per concat dim, where each file starts along it
-    calls = []
     for var in schema.variables.values():
         if var.kind != VIRTUAL or var.path not in refs_for:
             continue
-        path, ndim = var.path, len(var.dims)
+        path = var.path
         leading = (1,) * (len(cube_dims(var, schema)) - len(var.dims))  # the pattern dims
-        padded = var.role in (DATA, CELL)
-        concat_axes = [
-            (i, dim, chunk, dim in schema.rectilinear)
-            for i, (dim, chunk) in enumerate(zip(var.dims, var.chunks, strict=True))
-            if dim in schema.concat
-        ]
-        for _, dim, _, _ in concat_axes:
+        starts = np.zeros((len(part.index), len(var.dims)), dtype=np.int64)
+        rectilinear: list[tuple[int, str, int]] = []
+        for axis, (dim, chunk) in enumerate(zip(var.dims, var.chunks, strict=True)):
+            if dim not in schema.concat:
+                continue
             if dim not in firsts:
                 firsts[dim] = [p.range_of(dim)[0] for p in part.placements]
-        # per concat axis, the chunk index at which each file's block starts
-        starts = [axes.chunk_indices(path, dim, chunk, firsts[dim]) for _, dim, chunk, _ in concat_axes]
-        stacked = packed.stacked.get(path)
-        if stacked is not None:
-            assert stacked.lengths is not None and stacked.offsets is not None  # referenced: the parser gave refs
-            grid = stacked.lengths.shape[1:]
-            all_lengths = stacked.lengths.reshape(len(packed), -1).astype(np.uint64, copy=False)
-            all_offsets = stacked.offsets.reshape(len(packed), -1).astype(np.uint64, copy=False)
-            counts = np.count_nonzero(all_lengths, axis=1).tolist()
-        for k, i in enumerate(part.index):
-            if stacked is not None:
-                offsets, lengths, count = all_offsets[i], all_lengths[i], counts[i]
-            else:
-                frag = packed.loose[i][path]
-                assert frag.lengths is not None and frag.offsets is not None
-                grid = frag.lengths.shape
-                offsets = frag.offsets.ravel().astype(np.uint64, copy=False)
-                lengths = frag.lengths.ravel().astype(np.uint64, copy=False)
-                count = int(np.count_nonzero(lengths))
-            if not count:
+            starts[:, axis] = axes.chunk_indices(path, dim, chunk, firsts[dim])
+            if dim in schema.rectilinear:
+                rectilinear.append((axis, dim, chunk))
+        if var.role in (DATA, CELL):
+            starts = np.concatenate([cells, starts], axis=1)
+        for block in _blocks(part, path):
+            lengths = block.lengths
+            if rectilinear:
+                lengths = lengths.copy()
+                for r, k in enumerate(block.rows):
+                    placement = part.placements[k]
+                    for axis, dim, chunk in rectilinear:
+                        cut = placement.chunk_of(path, dim, chunk)
+                        lengths[r] = _trimmed(block.grid, lengths[r], axis, cut, placement.range_of(dim))
+            grid = leading + block.grid
+            if lengths.shape[1] <= SPEC_REFS_MAX:
+                _add_specs(out.specs.setdefault(path, []), part, block, grid, starts, lengths, locations)
                 continue
-            placement = part.placements[k]
-            offset = [0] * ndim
-            for (axis, dim, chunk, rectilinear), start in zip(concat_axes, starts, strict=True):
-                offset[axis] = start[k]
-                if rectilinear:
-                    span = placement.range_of(dim)
-                    lengths = _trimmed(grid, lengths, axis, placement.chunk_of(path, dim, chunk), span)
-            location = locations[k]
-            # chunks the file never wrote stay empty in the cube (they read as the fill value)
-            full = count == lengths.size
-            where = [location] * count if full else [location if n else "" for n in lengths.tolist()]
-            arr_offset = (*placement.cell, *offset) if padded else tuple(offset)
-            calls.append(RefCall(path, leading + grid, where, offsets, lengths, arr_offset, part.checksums[k], count))
-    return calls
+            for r, k in enumerate(block.rows):
+                row = lengths[r]
+                if not row.any():
+                    continue
+                where = [locations[k]] * row.size if row.all() else [locations[k] if n else "" for n in row.tolist()]
+                arr_offset = tuple(starts[k].tolist())
+                out.calls.append(RefCall(path, grid, where, block.offsets[r], row, arr_offset, part.checksums[k]))
+    return out
+
+
+def _add_specs(
+    specs: list[Any],
+    part: SlicePart,
+    block: RefBlock,
+    grid: tuple[int, ...],
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    locations: list[str],
+) -> None:
+    """A block's refs as ``VirtualChunkSpec`` objects, made for all its files at once."""
+    from icechunk import VirtualChunkSpec
+
+    within = np.array(list(np.ndindex(*grid)), dtype=np.int64).reshape(math.prod(grid), len(grid))  # in the file grid
+    index = starts[block.rows][:, None, :] + within[None, :, :]
+    written = lengths != 0
+    rows = [block.rows[r] for r in np.nonzero(written)[0].tolist()]
+    checksums = [part.checksums[k] for k in rows]
+    specs.extend(
+        map(
+            VirtualChunkSpec,
+            index[written].tolist(),
+            [locations[k] for k in rows],
+            block.offsets[written].tolist(),
+            lengths[written].tolist(),
+            [c if isinstance(c, str) else None for c in checksums],  # an ETag
+            [c if isinstance(c, dt.datetime) else None for c in checksums],  # a last-modified time
+        )
+    )
 
 
 def _trimmed(grid: tuple[int, ...], flat: np.ndarray, axis: int, chunk: int, span: tuple[int, int]) -> np.ndarray:
@@ -407,23 +479,22 @@ def _trimmed(grid: tuple[int, ...], flat: np.ndarray, axis: int, chunk: int, spa
     return cut.ravel()
 
 
-def _set_refs(store: IcechunkStore, calls: list[RefCall]) -> None:
-    for call in calls:
-        failed = store.set_virtual_refs_arr(
-            call.array_path,
-            call.chunk_grid_shape,
-            call.locations,
-            call.offsets,
-            call.lengths,
-            validate_containers=True,
-            arr_offset=call.arr_offset,
-            checksum=call.checksum,
+def _set_refs(store: IcechunkStore, writes: RefWrites) -> int:
+    """Write a slice's references; returns how many."""
+    failed: dict[str, int] = {}
+    for path, chunks in writes.specs.items():
+        failed[path] = len(store.set_virtual_refs(path, chunks, validate_containers=True) or ())
+    for call in writes.calls:
+        refused = store.set_virtual_refs_arr(
+            *call[:5], validate_containers=True, arr_offset=call.arr_offset, checksum=call.checksum
         )
-        if failed:
+        failed[call.array_path] = failed.get(call.array_path, 0) + len(refused or ())
+    for path, n in failed.items():
+        if n:
             raise StorageError(
-                f"Icechunk refused {len(failed)} references of '{call.array_path}' "
-                f"(outside the source's virtual chunk container?)"
+                f"Icechunk refused {n} references of '{path}' (outside the source's virtual chunk container?)"
             )
+    return writes.refs
 
 
 def _write_natives(store: IcechunkStore, schema: CubeSchema, parts: list[SlicePart]) -> None:
@@ -468,9 +539,7 @@ def place_batch(
         placed.extend(part.urls())
         if natives:
             kept.append(part.only(natives))
-        calls = _ref_calls(part, schema, axes, refs_for)
-        _set_refs(session.store, calls)
-        refs += sum(c.refs for c in calls)
+        refs += _set_refs(session.store, _ref_writes(part, schema, axes, refs_for))
     if natives:
         _write_natives(session.store, schema, kept)
     return refs, placed

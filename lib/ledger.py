@@ -35,14 +35,17 @@ __all__ = [
     "append_moves",
     "append_rows",
     "append_run",
+    "append_texts",
     "iter_current",
     "iter_rows",
+    "moves_epoch",
     "read_ledger",
     "read_ledger_index",
     "read_moves",
     "read_rows",
     "read_runs",
     "read_schema",
+    "row_texts",
     "write_schema",
 ]
 
@@ -266,13 +269,25 @@ def append_rows(store: Store, rows: Iterable[LedgerRow]) -> int:
 
     Each row is turned into its stored text as it comes, so a generator of rows is never held whole.
     """
-    texts: list[str] = []
-    epoch: int | None = None
+    return append_texts(store, row_texts(rows, moves_epoch(store)))
+
+
+def moves_epoch(store: Store) -> int:
+    """How many moves the log holds: rows written now carry it (their positions are as of then)."""
+    return len(read_moves(store))
+
+
+def row_texts(rows: Iterable[LedgerRow], epoch: int) -> list[str]:
+    """Rows' stored texts, each stamped with the moves epoch it was written in."""
+    texts = []
     for row in rows:
-        if epoch is None:
-            epoch = len(read_moves(store))
         row.moves = epoch
         texts.append(row.to_json())
+    return texts
+
+
+def append_texts(store: Store, texts: list[str]) -> int:
+    """Append rows' stored texts (:func:`row_texts`); returns the ledger's new length."""
     if not texts:
         return ledger_size(store)
     return _append(store, "ledger", texts)

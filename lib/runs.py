@@ -42,6 +42,7 @@ from lib.repository import open_repository, publish, reset_branch, set_manifest_
 from lib.spool import Spool
 from lib.staging import (
     RunInfo,
+    WorkAhead,
     manifest_split,
     run_checks,
     stage_batch,
@@ -106,6 +107,7 @@ class CubeRun:
         self.refused_objects: dict[str, SourceObject] = {}  # refused or deferred: their ledger rows need them
         self._spool: Spool | None = None
         self._executor: Executor | None = None
+        self._ahead = WorkAhead()  # makes the next batch's work while one commits
 
     # -- resources -------------------------------------------------------------------------------
 
@@ -122,6 +124,7 @@ class CubeRun:
         return self._executor
 
     def close(self) -> None:
+        self._ahead.close()
         self.discovery.pending.spool.close()
         if self._executor is not None:
             self._executor.close()
@@ -326,17 +329,20 @@ class CubeRun:
     def commit(self, batch: int) -> int:
         """Place one batch's references in one staging commit; returns the refs written."""
         assert self.state is not None and self.plan_ is not None
-        if self.repo is None or self.plan_.schema is None:  # nothing was prepared: nothing to place
+        plan = self.plan_
+        if self.repo is None or plan.schema is None:  # nothing was prepared: nothing to place
             return 0
         snapshot, refs = stage_batch(
             self.repo,
             self.spec,
             self.state,
-            self.plan_,
+            plan,
             self.spool,
             batch,
             self.info,
-            before_commit=(lambda: checkpoint("refs-half-written")) if batch == len(self.plan_.batches) // 2 else None,
+            before_commit=(lambda: checkpoint("refs-half-written")) if batch == len(plan.batches) // 2 else None,
+            work=self._ahead.take(batch),
+            while_committing=lambda epoch: self._ahead.start(plan, self.spool, batch + 1, self.info, epoch),
         )
         self.staged = snapshot or self.staged
         self.summary.refs += refs

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,9 +28,12 @@ from lib.ledger import (
     append_moves,
     append_rows,
     append_run,
+    append_texts,
     iter_current,
+    moves_epoch,
     now,
     read_schema,
+    row_texts,
     write_schema,
 )
 from lib.ledger_index import LedgerIndex, cell_key, fold_index
@@ -51,7 +55,10 @@ if TYPE_CHECKING:
     from lib.spec import Spec
 
 __all__ = [
+    "BatchWork",
     "RunInfo",
+    "WorkAhead",
+    "batch_work",
     "commit_metadata",
     "manifest_split",
     "placement_of",
@@ -229,6 +236,67 @@ def placement_of(row: LedgerRow, axes: Axes, moves: Sequence[Move] = ()) -> Plac
     return Placement(row.url, axes.cell_of(row.fields.items()), tuple(ranges), chunking)
 
 
+@dataclass
+class BatchWork:
+    """What one batch's commit writes, made before its session opens: its placed files a spooled
+    slice at a time, and their ledger rows' texts (stamped with the moves ``epoch``).
+
+    A build makes the next batch's work in a thread while the batch before it commits: Icechunk's
+    commit lets go of the GIL, and reading the spool and making the rows is most of what a batch
+    costs besides its Icechunk calls (``benchmarks/RESULTS.md``, P4).
+    """
+
+    batch: int
+    epoch: int
+    parts: list[SlicePart]
+    texts: list[str]
+
+    @property
+    def objects(self) -> int:
+        return len(self.texts)
+
+
+def batch_work(plan: Plan, spool: Spool, batch: int, run: RunInfo, epoch: int) -> BatchWork:
+    """Read one batch back from the spool and make its ledger rows (touches no repository)."""
+    planned = {entry.url: (entry, placement) for entry, placement in plan.batch_items(spool, batch)}
+    parts = [SlicePart.placed(part, planned) for part in spool.slices(batch)] if planned else []
+    at = now()
+    rows = (ledger_row(*planned[url], run.run_id, at) for part in parts for url in part.urls())
+    return BatchWork(batch, epoch, parts, row_texts(rows, epoch))
+
+
+class WorkAhead:
+    """Makes a batch's work (:func:`batch_work`) in a thread while the batch before it commits."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._next: Future[BatchWork] | None = None
+
+    def start(self, plan: Plan, spool: Spool, batch: int, run: RunInfo, epoch: int) -> None:
+        if batch >= len(plan.batches):
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="icefloe-next-batch")
+        self._next = self._pool.submit(batch_work, plan, spool, batch, run, epoch)
+
+    def take(self, batch: int) -> BatchWork | None:
+        """``batch``'s work if it was made ahead; None to make it in place (where an error it meets
+        is raised in the batch's own task)."""
+        future, self._next = self._next, None
+        if future is None:
+            return None
+        try:
+            work = future.result()
+        except Exception:
+            return None
+        return work if work.batch == batch else None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool, self._next = None, None
+
+
 def stage_batch(
     repo: icechunk.Repository,
     spec: Spec,
@@ -238,19 +306,28 @@ def stage_batch(
     batch: int,
     run: RunInfo,
     before_commit: Callable[[], None] | None = None,
+    work: BatchWork | None = None,
+    while_committing: Callable[[int], None] | None = None,
 ) -> tuple[str | None, int]:
-    """Place one batch's references and ledger rows in one staging commit; returns (snapshot, refs)."""
+    """Place one batch's references and ledger rows in one staging commit; returns (snapshot, refs).
+
+    ``work`` is the batch's work made ahead (:func:`batch_work`), used if its moves epoch is still
+    the branch's; ``while_committing(epoch)`` is called just before the commit, to start making the
+    next batch's.
+    """
     assert plan.schema is not None
-    planned = {entry.url: (entry, placement) for entry, placement in plan.batch_items(spool, batch)}
-    if not planned:
-        return None, 0
-    parts = (SlicePart.placed(part, planned) for part in spool.slices(batch))  # a spooled slice at a time
     session = repo.writable_session(spec.repo.staging)
-    refs, placed = place_batch(session, plan.schema, plan.axes, parts)
-    at = now()
-    append_rows(session.store, (ledger_row(*planned[url], run.run_id, at) for url in placed))
+    epoch = moves_epoch(session.store)
+    if work is None or work.batch != batch or work.epoch != epoch:
+        work = batch_work(plan, spool, batch, run, epoch)
+    if not work.objects:
+        return None, 0
+    refs, placed = place_batch(session, plan.schema, plan.axes, work.parts)
+    append_texts(session.store, work.texts)
     if before_commit is not None:
         before_commit()  # a crash here loses this batch's uncommitted refs, never a committed one
+    if while_committing is not None:
+        while_committing(epoch)
     snapshot = commit_session(
         session,
         f"{run.operation}: batch {batch + 1}/{len(plan.batches)}, {len(placed)} object(s), {refs} refs",

@@ -126,10 +126,18 @@ def test_new_dims_from_integer_and_string_path_fields(workdir: Path) -> None:
         xr.testing.assert_identical(got, reference(paths))
 
 
-@pytest.mark.parametrize("sliced", [False, True], ids=["whole-batches", "slices"])
-def test_demo_six_dimensional_cube(workdir: Path, sliced: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("sliced", "spec_refs_max"),
+    [(False, 10**6), (True, 10**6), (True, 0)],
+    ids=["whole-batches", "slices", "slices-calls-per-file"],
+)
+def test_demo_six_dimensional_cube(
+    workdir: Path, sliced: bool, spec_refs_max: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if sliced:  # each batch of 4 files spooled in packed slices of 3 and 1
         monkeypatch.setattr("lib.spool.SLICE", 3)
+    # every file's refs as a spec each, or (0) every file's block of a variable in a call of its own
+    monkeypatch.setattr("lib.assembly.SPEC_REFS_MAX", spec_refs_max)
     shape = DemoShape(polygons=2, months=2, steps=3)
     write_demo_archive(workdir / "archive", shape)
     spec = make_spec(workdir, "polygon_{polygon:d}/month_{month:d}/step_*.nc")
