@@ -79,13 +79,14 @@ class Plan:
         return set(self.iter_placed())
 
     def spill(self, spool: Spool) -> None:
-        """Move the entries, placements and placed URLs to the spool, a file per batch; only the
-        shared source's entry and placement, and each batch's count, stay in memory."""
+        """Move the entries (what the commits need of them), placements and placed URLs to the spool,
+        a file per batch; only the shared source's entry and placement, and each batch's count, stay
+        in memory."""
         if self.spilled:
             return
         for b, urls in enumerate(self.batches):
             assert not isinstance(urls, SpilledURLs)
-            spool.write(b, [(self.entries[u], self.placements[u]) for u in urls], kind="plan")
+            spool.write(b, [(self.entries[u].for_commit(), self.placements[u]) for u in urls], kind="plan")
             spool.write(b, list(urls), kind="urls")
         keep = [self.shared_source] if self.shared_source else []
         self.entries = {u: self.entries[u] for u in keep}
