@@ -1,9 +1,11 @@
 """Assembly: write the cube's arrays and place each file's references at its offset.
 
 Arrays are created (or resized) at their full size first; then each batch's references are written
-straight into them with ``set_virtual_refs_arr(..., arr_offset=...)``, a packed slice of files at a
-time (:class:`SlicePart`). Nothing is concatenated in memory: a batch holds only a slice of its own
-files' references. Native variables (coordinates, scalars) are written as regular chunks.
+straight into them, a packed slice of files at a time (:class:`SlicePart`), every reference with its
+file's checksum: a file's small block of a variable as one ``VirtualChunkSpec`` per reference (the
+slice's in one call), a larger block in one ``set_virtual_refs_arr(..., arr_offset=...)`` call.
+Nothing is concatenated in memory: a batch holds its own files' references, packed, and the Icechunk
+objects of one slice at a time. Native variables (coordinates, scalars) are written as regular chunks.
 """
 
 from __future__ import annotations
@@ -525,10 +527,10 @@ def place_batch(
     """Write one batch's references and native values into a session, its files a slice (``parts``)
     at a time; returns the refs written and the URLs placed, in order.
 
-    No more than a slice of the batch is in hand at once, so a batch's memory does not grow with its
-    size. The references go in from this process, in one session: Icechunk's calls hold the GIL, so
-    forks written from threads were slower (~20 %), and forks written from worker processes were
-    barely faster and doubled the memory (``benchmarks/RESULTS.md``, P4).
+    The Icechunk objects for no more than a slice of the batch are made at once. The references go in
+    from this process, in one session: Icechunk's calls hold the GIL, so forks written from threads
+    were slower (~20 %), and forks written from worker processes were barely faster and doubled the
+    memory (``benchmarks/RESULTS.md``, P4).
     """
     refs_for = {v.path for v in schema.by_role(DATA, CELL) if v.kind == VIRTUAL}
     natives = {v.path for v in schema.variables.values() if v.kind == NATIVE and v.role in (DATA, CELL)}

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 import pytest
 import xarray as xr
 
+import lib.staging
 from lib.local.archive import DemoShape, write_demo_archive
 from tests.helpers import (
     dataset,
@@ -168,3 +171,61 @@ def test_rebuild_keeps_history_and_duplicates_nothing(workdir: Path) -> None:
     xr.testing.assert_identical(read_cube(spec).load(), reference(files))
     xr.testing.assert_identical(read_cube(spec, snapshot=first.snapshot).load(), reference(files))
     assert locations(spec) == {file_url(f) for f in files}
+
+
+# -- a build reads each next batch back from the spool while the batch before it commits --------------
+
+DEMO_PATTERN = "polygon_{polygon:d}/month_{month:d}/step_*.nc"
+
+
+def _demo(workdir: Path) -> Any:
+    write_demo_archive(workdir / "archive", DemoShape(polygons=2, months=2, steps=3))
+    return make_spec(workdir, DEMO_PATTERN)  # 12 files in batches of 4
+
+
+def _same_as_files(workdir: Path, spec: Any) -> None:
+    cube = read_cube(spec).load()
+    for p in range(2):
+        for m in (1, 2):
+            paths = sorted((workdir / "archive" / f"polygon_{p:03d}" / f"month_{m:02d}").glob("*.nc"))
+            want = reference(paths)
+            got = cube.sel(polygon=p, month=m).drop_vars(["polygon", "month"])
+            for name in ("DIC", "ALK", "injection_rate"):
+                xr.testing.assert_identical(got[name], want[name])
+
+
+def test_each_batch_after_the_first_is_made_ahead_once_and_used(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[tuple[int, str]] = []
+    original = lib.staging.batch_work
+
+    def batch_work(*args: Any) -> Any:
+        made.append((args[2], threading.current_thread().name))
+        return original(*args)
+
+    monkeypatch.setattr(lib.staging, "batch_work", batch_work)
+    spec = _demo(workdir)
+    summary = run_cube(spec)
+    assert summary.exit_code == 0 and summary.ingested == 12
+    # the first batch is made in place; the next two while the one before commits, and never again
+    assert [b for b, _ in made] == [0, 1, 2]
+    assert made[0][1] == threading.main_thread().name
+    assert all(name.startswith("icefloe-next-batch") for _, name in made[1:])
+    _same_as_files(workdir, spec)
+
+
+def test_work_that_failed_ahead_is_made_again_in_its_own_batch(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    failed: list[int] = []
+    original = lib.staging.batch_work
+
+    def batch_work(*args: Any) -> Any:
+        if threading.current_thread() is not threading.main_thread() and not failed:
+            failed.append(args[2])
+            raise OSError("the spool could not be read just now")
+        return original(*args)
+
+    monkeypatch.setattr(lib.staging, "batch_work", batch_work)
+    spec = _demo(workdir)
+    summary = run_cube(spec)
+    assert failed == [1]
+    assert summary.exit_code == 0 and summary.ingested == 12 and summary.refs > 0
+    _same_as_files(workdir, spec)
