@@ -141,22 +141,28 @@ def test_demo_six_dimensional_cube(
         monkeypatch.setattr("lib.spool.SLICE", 3)
     # every file's refs as a spec each, or (0) every file's block of a variable in a call of its own
     monkeypatch.setattr("lib.assembly.SPEC_REFS_MAX", spec_refs_max)
-    shape = DemoShape(polygons=2, months=2, steps=3)
-    write_demo_archive(workdir / "archive", shape)
-    spec = make_spec(workdir, "polygon_{polygon:d}/month_{month:d}/step_*.nc")
+    spec = _demo(workdir)
     summary = run_cube(spec)
     assert summary.dims == {"polygon": 2, "month": 2, "time": 3, "depth": 5, "lat": 16, "lon": 16}
     cube = read_cube(spec).load()
     assert cube.DIC.dims == ("polygon", "month", "time", "depth", "lat", "lon")
     assert cube.injection_rate.dims == ("polygon", "month")
+    _same_as_files(workdir, spec)
+
+
+def _demo(workdir: Path) -> Any:
+    write_demo_archive(workdir / "archive", DemoShape(polygons=2, months=2, steps=3))
+    return make_spec(workdir, "polygon_{polygon:d}/month_{month:d}/step_*.nc")  # 12 files in batches of 4
+
+
+def _same_as_files(workdir: Path, spec: Any) -> None:
+    cube = read_cube(spec).load()
     for p in range(2):
         for m in (1, 2):
             paths = sorted((workdir / "archive" / f"polygon_{p:03d}" / f"month_{m:02d}").glob("*.nc"))
             want = reference(paths)
             got = cube.sel(polygon=p, month=m).drop_vars(["polygon", "month"])
-            for name in ("DIC", "ALK", "injection_rate"):  # the root attributes are the first file's
-                xr.testing.assert_identical(got[name], want[name])
-            for name in want.coords:
+            for name in ("DIC", "ALK", "injection_rate", *want.coords):  # the root attributes are the first file's
                 xr.testing.assert_identical(got[name], want[name])
 
 
@@ -174,24 +180,6 @@ def test_rebuild_keeps_history_and_duplicates_nothing(workdir: Path) -> None:
 
 
 # -- a build reads each next batch back from the spool while the batch before it commits --------------
-
-DEMO_PATTERN = "polygon_{polygon:d}/month_{month:d}/step_*.nc"
-
-
-def _demo(workdir: Path) -> Any:
-    write_demo_archive(workdir / "archive", DemoShape(polygons=2, months=2, steps=3))
-    return make_spec(workdir, DEMO_PATTERN)  # 12 files in batches of 4
-
-
-def _same_as_files(workdir: Path, spec: Any) -> None:
-    cube = read_cube(spec).load()
-    for p in range(2):
-        for m in (1, 2):
-            paths = sorted((workdir / "archive" / f"polygon_{p:03d}" / f"month_{m:02d}").glob("*.nc"))
-            want = reference(paths)
-            got = cube.sel(polygon=p, month=m).drop_vars(["polygon", "month"])
-            for name in ("DIC", "ALK", "injection_rate"):
-                xr.testing.assert_identical(got[name], want[name])
 
 
 def test_each_batch_after_the_first_is_made_ahead_once_and_used(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
