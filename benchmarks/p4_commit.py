@@ -36,7 +36,7 @@ SCRIPT = textwrap.dedent("""
     from lib.storage import source_registry
     from lib.validation import schema_of, FileEntry
     from lib.layout import Axes, Placement
-    from lib.planning import Plan, SpilledURLs
+    from lib.planning import Plan, PlannedFiles, SpilledURLs
     from lib.parsing.fragment import PackedSlice
     from lib.spool import Spool
     from lib.repository import open_repository
@@ -95,7 +95,7 @@ SCRIPT = textwrap.dedent("""
         for b in range(n_batches):
             lo, hi = b * batch_files, min(n_files, (b + 1) * batch_files)
             spool.write(b, Lazily(fragment, lo, hi), pack=PackedSlice.pack)
-            spool.write(b, Lazily(lambda i: (entry(i), placement(i)), lo, hi), kind="plan")
+            spool.write(b, Lazily(lambda i: (entry(i), placement(i)), lo, hi), kind="plan", pack=PlannedFiles.pack)
         plan.spilled, plan._spool = True, spool
     start = time.perf_counter()
     setup = start - setup

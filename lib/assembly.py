@@ -24,9 +24,10 @@ import numpy as np
 from lib.errors import StorageError
 from lib.hierarchy import array_at, open_root
 from lib.layout import Axes, Move, Placement
+from lib.memory import gc_paused
 from lib.parsing.fragment import Fragment, PackedSlice
 from lib.storage import ref_location
-from lib.validation import CELL, CONCAT, DATA, NATIVE, SHARED, VIRTUAL, CubeSchema, FileEntry, VariableSchema
+from lib.validation import CELL, CONCAT, DATA, NATIVE, SHARED, VIRTUAL, CubeSchema, VariableSchema
 
 if TYPE_CHECKING:
     import icechunk
@@ -307,11 +308,12 @@ class SlicePart:
         return cls(PackedSlice.pack([item.fragment]), [0], [item.placement], [item.checksum])
 
     @classmethod
-    def placed(cls, fragments: PackedSlice, planned: Mapping[str, tuple[FileEntry, Placement]]) -> SlicePart:
-        """The files of a spooled slice that the plan places (the others were refused at planning)."""
+    def placed(cls, fragments: PackedSlice, planned: Mapping[str, tuple[Placement, Any]]) -> SlicePart:
+        """The files of a spooled slice that the plan places (``planned``: each one's placement and
+        checksum; the others were refused at planning)."""
         index = [i for i, url in enumerate(fragments.urls) if url in planned]
         items = [planned[fragments.urls[i]] for i in index]
-        return cls(fragments, index, [p for _, p in items], [e.checksum for e, _ in items])
+        return cls(fragments, index, [p for p, _ in items], [c for _, c in items])
 
     def urls(self) -> list[str]:
         return [self.fragments.urls[i] for i in self.index]
@@ -397,6 +399,7 @@ def _ref_writes(part: SlicePart, schema: CubeSchema, axes: Axes, refs_for: set[s
         return out
     packed = part.fragments
     locations = [ref_location(packed.urls[i]) for i in part.index]
+    owners: _Owners | None = None  # made for the first block written as specs
     cells = np.array([p.cell for p in part.placements], dtype=np.int64).reshape(len(part.placements), -1)
     firsts: dict[str, list[int]] = {}  # per concat dim, where each file starts along it
     for var in schema.variables.values():
@@ -427,7 +430,9 @@ def _ref_writes(part: SlicePart, schema: CubeSchema, axes: Axes, refs_for: set[s
                         lengths[r] = _trimmed(block.grid, lengths[r], axis, cut, placement.range_of(dim))
             grid = leading + block.grid
             if lengths.shape[1] <= SPEC_REFS_MAX:
-                _add_specs(out.specs.setdefault(path, []), part, block, grid, starts, lengths, locations)
+                if owners is None:
+                    owners = _Owners.of(part, locations)
+                _add_specs(out.specs.setdefault(path, []), block, grid, starts, lengths, owners)
                 continue
             for r, k in enumerate(block.rows):
                 row = lengths[r]
@@ -439,14 +444,31 @@ def _ref_writes(part: SlicePart, schema: CubeSchema, axes: Axes, refs_for: set[s
     return out
 
 
+class _Owners(NamedTuple):
+    """A slice's placed files as object arrays, to pick out per reference in C: each file's location
+    and checksum (an ETag, or a last-modified time; None where it has the other or none)."""
+
+    locations: np.ndarray
+    etags: np.ndarray
+    times: np.ndarray | None  # None: no file of the slice has one
+
+    @classmethod
+    def of(cls, part: SlicePart, locations: list[str]) -> _Owners:
+        def column(values: list[Any]) -> np.ndarray:
+            out = np.empty(len(values), dtype=object)
+            out[:] = values
+            return out
+
+        times = [c if isinstance(c, dt.datetime) else None for c in part.checksums]
+        return cls(
+            column(locations),
+            column([c if isinstance(c, str) else None for c in part.checksums]),
+            column(times) if any(t is not None for t in times) else None,
+        )
+
+
 def _add_specs(
-    specs: list[Any],
-    part: SlicePart,
-    block: RefBlock,
-    grid: tuple[int, ...],
-    starts: np.ndarray,
-    lengths: np.ndarray,
-    locations: list[str],
+    specs: list[Any], block: RefBlock, grid: tuple[int, ...], starts: np.ndarray, lengths: np.ndarray, owners: _Owners
 ) -> None:
     """A block's refs as ``VirtualChunkSpec`` objects, made for all its files at once."""
     from icechunk import VirtualChunkSpec
@@ -454,17 +476,16 @@ def _add_specs(
     within = np.array(list(np.ndindex(*grid)), dtype=np.int64).reshape(math.prod(grid), len(grid))  # in the file grid
     index = starts[block.rows][:, None, :] + within[None, :, :]
     written = lengths != 0
-    rows = [block.rows[r] for r in np.nonzero(written)[0].tolist()]
-    checksums = [part.checksums[k] for k in rows]
+    rows = np.asarray(block.rows, dtype=np.intp)[np.nonzero(written)[0]]  # each ref's file
     specs.extend(
         map(
             VirtualChunkSpec,
             index[written].tolist(),
-            [locations[k] for k in rows],
+            owners.locations[rows].tolist(),
             block.offsets[written].tolist(),
             lengths[written].tolist(),
-            [c if isinstance(c, str) else None for c in checksums],  # an ETag
-            [c if isinstance(c, dt.datetime) else None for c in checksums],  # a last-modified time
+            owners.etags[rows].tolist(),
+            itertools.repeat(None) if owners.times is None else owners.times[rows].tolist(),
         )
     )
 
@@ -541,7 +562,9 @@ def place_batch(
         placed.extend(part.urls())
         if natives:
             kept.append(part.only(natives))
-        refs += _set_refs(session.store, _ref_writes(part, schema, axes, refs_for))
+        with gc_paused():  # an object or more per reference, none of them in a cycle
+            writes = _ref_writes(part, schema, axes, refs_for)
+        refs += _set_refs(session.store, writes)
     if natives:
         _write_natives(session.store, schema, kept)
     return refs, placed

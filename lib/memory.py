@@ -7,17 +7,24 @@ fragmentation rather than data: committing 2 M refs peaked at 712 MB with the de
 ``MALLOC_ARENA_MAX=2`` would, for every arena created afterwards -- so it is called first thing in
 the command and in each parse worker -- and :func:`release` hands free heap pages back after the
 steps that drop a lot (planning, each commit). Elsewhere than glibc both do nothing.
+
+:func:`gc_paused` is about time, not size: the commits' hot loops make an object or more per
+reference, and Python's cyclic collector, set off every few hundred new objects, spent a third of
+the time making a slice's references rechecking them (``benchmarks/RESULTS.md``, P4).
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
-__all__ = ["limit_arenas", "release"]
+__all__ = ["gc_paused", "limit_arenas", "release"]
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter number
 
@@ -48,3 +55,16 @@ def release() -> None:
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector over a burst of allocations that make no reference cycles
+    (what they free, reference counting frees). Process-wide while it lasts: keep it short."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()

@@ -33,12 +33,12 @@ from lib.ledger import (
     moves_epoch,
     now,
     read_schema,
-    row_texts,
     write_schema,
 )
 from lib.ledger_index import LedgerIndex, cell_key, fold_index
 from lib.local.faults import checkpoint
-from lib.planning import Plan, ledger_row
+from lib.memory import gc_paused
+from lib.planning import Plan
 from lib.quality import Finding, SpotSample, choose_samples, spot_check, structural_findings
 from lib.report import Operation
 from lib.repository import commit_session
@@ -258,11 +258,15 @@ class BatchWork:
 
 def batch_work(plan: Plan, spool: Spool, batch: int, run: RunInfo, epoch: int) -> BatchWork:
     """Read one batch back from the spool and make its ledger rows (touches no repository)."""
-    planned = {entry.url: (entry, placement) for entry, placement in plan.batch_items(spool, batch)}
-    parts = [SlicePart.placed(part, planned) for part in spool.slices(batch)] if planned else []
     at = now()
-    rows = (ledger_row(*planned[url], run.run_id, at) for part in parts for url in part.urls())
-    return BatchWork(batch, epoch, parts, row_texts(rows, epoch))
+    planned: dict[str, tuple[Placement, Any]] = {}
+    texts: dict[str, str] = {}
+    with gc_paused():  # objects per file, none in a cycle
+        for files in plan.planned_files(spool, batch):
+            planned.update(zip(files.urls, zip(files.placements(), files.checksums, strict=True), strict=True))
+            texts.update(zip(files.urls, files.texts(run.run_id, at, epoch), strict=True))
+        parts = [SlicePart.placed(part, planned) for part in spool.slices(batch)] if planned else []
+    return BatchWork(batch, epoch, parts, [texts[url] for part in parts for url in part.urls()])
 
 
 class WorkAhead:

@@ -227,14 +227,6 @@ class FileEntry:
     def __reduce__(self) -> tuple[Any, ...]:  # pickled once per file, twice: positional is twice as quick
         return (FileEntry, _entry_fields(self))
 
-    def for_commit(self) -> FileEntry:
-        """This entry without what only planning and the run's report read (concat values, shared
-        digests, skipped variables, notes): what a spilled plan keeps for the commits' ledger rows."""
-        return FileEntry(
-            self.url, self.etag, self.size, self.checksum, self.fields, self.format, self.parser, self.schema_key,
-            self.layout_key, {}, {}, self.cell, self.ref_count, self.spool, chunking=self.chunking,
-        )  # fmt: skip
-
 
 _entry_fields = operator.attrgetter(*FileEntry.__dataclass_fields__)
 

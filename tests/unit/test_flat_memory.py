@@ -3,6 +3,8 @@ spot-check samples drawn in one pass, and the plan's per-file entries waiting in
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import gc
 import pickle
 import tracemalloc
@@ -29,7 +31,7 @@ from lib.ledger import (
 from lib.parsing import ParseOptions, SourceConfig
 from lib.parsing.fanout import ParsedBatch, _compact, summarize_objects
 from lib.parsing.fragment import ArrayFragment, Fragment, PackedSlice
-from lib.planning import Plan, plan_update
+from lib.planning import Plan, PlannedFiles, plan_update
 from lib.quality import SpotSample, choose_samples
 from lib.spool import Spool
 from lib.state import CubeState
@@ -146,6 +148,48 @@ def _entry(url: str) -> FileEntry:
     )
 
 
+def _ledger_row(entry: FileEntry, placement: Placement, epoch: int = 0) -> LedgerRow:
+    """The row that records a placed file, made field by field (what the commits' texts must store)."""
+    return LedgerRow(
+        url=entry.url,
+        etag=entry.etag,
+        status=INGESTED,
+        size=entry.size,
+        fields=dict(entry.fields),
+        ranges={d: [a, b] for d, a, b in placement.ranges},
+        checksum=str(entry.checksum),
+        parser=entry.parser,
+        format=entry.format,
+        refs=entry.ref_count,
+        layout=entry.layout_key,
+        digests=dict(entry.cell),
+        run="r",
+        at="t",
+        chunking=[list(c) for c in entry.chunking],
+        moves=epoch,
+    )
+
+
+def test_planned_files_store_each_file_s_ledger_row() -> None:
+    when = dt.datetime(2026, 12, 2, 3, 4, 5, tzinfo=dt.UTC)
+    entries = [
+        _entry("s3://bucket/a.nc"),
+        dataclasses.replace(
+            _entry("file:///a/b c.nc"), etag="", checksum=when, fields=(("member", 3), ("tag", "x")), cell={"lat": "d1"}
+        ),
+        dataclasses.replace(_entry("file:///a/c.nc"), size=0, ref_count=0, chunking=(("time", "tas", 31),)),
+    ]
+    placements = [Placement(e.url, (i,), (("time", 4 * i, 4 * i + 4),), e.chunking) for i, e in enumerate(entries)]
+    files = PlannedFiles.pack(list(zip(entries, placements, strict=True)))
+    assert pickle.loads(pickle.dumps(files)) == files
+    assert files.placements() == placements
+    for epoch in (0, 2):
+        texts = files.texts("r", "t", epoch)
+        expected = [_ledger_row(e, p, epoch) for e, p in zip(entries, placements, strict=True)]
+        assert [LedgerRow.from_json(t) for t in texts] == expected
+        assert texts == [r.to_json() for r in expected]  # byte for byte what a LedgerRow stores
+
+
 def test_a_spilled_plan_gives_back_each_batch(tmp_path: Path) -> None:
     urls = [f"file:///a/{i}.nc" for i in range(10)]
     batches = [urls[:4], [], urls[4:]]
@@ -159,7 +203,7 @@ def test_a_spilled_plan_gives_back_each_batch(tmp_path: Path) -> None:
         batches=batches,
         shared_source=urls[0],
     )
-    before = [plan.batch_items(Spool(tmp_path), b) for b in range(3)]
+    before = [list(plan.planned_files(Spool(tmp_path), b)) for b in range(3)]
     with Spool(tmp_path) as spool:
         plan.spill(spool)
         assert plan.accepted == 10 and plan.placed_urls() == set(urls)
@@ -167,11 +211,16 @@ def test_a_spilled_plan_gives_back_each_batch(tmp_path: Path) -> None:
         assert list(plan.entries) == [urls[0]]  # only the shared source's entry stays in memory
         assert [len(b) for b in plan.batches] == [4, 0, 6]
         assert not any(isinstance(b, list) for b in plan.batches)  # nor any URL: they wait in the spool
-        after = [plan.batch_items(spool, b) for b in range(3)]
+        after = [list(plan.planned_files(spool, b)) for b in range(3)]
     with pytest.raises(RuntimeError, match="closed"):
         next(plan.iter_placed())  # the spool is gone: a bug, never a silent zero
-    assert [[(e.url, p) for e, p in items] for items in after] == [[(e.url, p) for e, p in items] for items in before]
-    assert [len(items) for items in after] == [4, 0, 6]
+    assert after == before
+    assert [[p for files in slices for p in files.placements()] for slices in after] == [
+        [placements[u] for u in batch] for batch in batches
+    ]
+    assert [[t for files in slices for t in files.texts("r", "t", 0)] for slices in after] == [
+        [_ledger_row(_entry(u), placements[u]).to_json() for u in batch] for batch in batches
+    ]
 
 
 def test_a_spooled_batch_reads_back_a_slice_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
