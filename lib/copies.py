@@ -139,7 +139,7 @@ def copy_arrays(copy: NativeCopy, store: Store, schema: CubeSchema) -> list[Copy
         The copy names a variable the cube does not have, a chunk dim none of its variables has,
         or takes a name the cube already uses.
     """
-    from lib.assembly import cube_dims
+    from lib.validation import cube_dims
 
     root = open_root(store)
     taken = {*schema.variables, *schema.pattern, *schema.groups, META_GROUP}

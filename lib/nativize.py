@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lib.assembly import _growing, _native_chunks, cube_dims
+from lib.assembly import _growing, _native_chunks
 from lib.errors import SpecError
 from lib.hierarchy import array_at, open_root
 from lib.ledger import read_schema, write_schema
 from lib.parsing.policy import NATIVE_LIMIT_BYTES
-from lib.validation import NATIVE, SHARED, VIRTUAL, CubeSchema, native_digest
+from lib.validation import NATIVE, SHARED, VIRTUAL, CubeSchema, cube_dims, native_digest
 
 if TYPE_CHECKING:
     import icechunk

@@ -121,7 +121,7 @@ def structural_findings(
 ) -> list[Finding]:
     """Cube-wide structural checks on the snapshot behind ``store``."""
 
-    from lib.assembly import cube_dims
+    from lib.validation import cube_dims
 
     root = open_root(store)
     findings: list[Finding] = []

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
-from lib.assembly import BatchItem, SlicePart, clear_blocks, place_batch, prepare_arrays
+from lib.assembly import clear_blocks, place_batch, prepare_arrays
 from lib.expectations import coordinate_findings, coordinate_names, file_findings, new_value_owners
 from lib.layout import Axes, Move, Placement
 from lib.ledger import (
@@ -40,6 +40,7 @@ from lib.local.faults import checkpoint
 from lib.memory import gc_paused
 from lib.planning import Plan
 from lib.quality import Finding, SpotSample, choose_samples, spot_check, structural_findings
+from lib.references import BatchItem, SlicePart
 from lib.report import Operation
 from lib.repository import commit_session
 from lib.spool import Spool

@@ -34,7 +34,7 @@ from lib.parsing.fragment import ENCODING_ATTRIBUTES, ArrayFragment, Fragment
 if TYPE_CHECKING:
     from lib.discovery import SourceObject
 
-__all__ = ["CubeSchema", "FileEntry", "compare_schemas", "encode_concat_values", "summarize_fragment"]
+__all__ = ["CubeSchema", "FileEntry", "compare_schemas", "cube_dims", "encode_concat_values", "summarize_fragment"]
 
 
 class Role(StrEnum):
@@ -187,6 +187,13 @@ class CubeSchema:
             undecodable=list(data.get("undecodable", [])),
             rectilinear=tuple(data.get("rectilinear", ())),
         )
+
+
+def cube_dims(var: VariableSchema, schema: CubeSchema) -> tuple[str, ...]:
+    """A variable's dims in the cube: pattern dims first for data and cell variables."""
+    if var.role in (DATA, CELL):
+        return (*schema.pattern, *var.dims)
+    return var.dims
 
 
 @dataclass(slots=True)

@@ -140,7 +140,7 @@ def test_demo_six_dimensional_cube(
     if sliced:  # each batch of 4 files spooled in packed slices of 3 and 1
         monkeypatch.setattr("lib.spool.SLICE", 3)
     # every file's refs as a spec each, or (0) every file's block of a variable in a call of its own
-    monkeypatch.setattr("lib.assembly.SPEC_REFS_MAX", spec_refs_max)
+    monkeypatch.setattr("lib.references.SPEC_REFS_MAX", spec_refs_max)
     spec = _demo(workdir)
     summary = run_cube(spec)
     assert summary.dims == {"polygon": 2, "month": 2, "time": 3, "depth": 5, "lat": 16, "lon": 16}
