@@ -52,7 +52,7 @@ from lib.staging import (
     stage_run_record,
     staged_since_start,
 )
-from lib.state import CubeState, read_cube_state
+from lib.state import CubeState, read_cube_state, read_main_state
 from lib.storage import object_store, source_registry
 
 if TYPE_CHECKING:
@@ -136,15 +136,13 @@ class CubeRun:
     @storage_step
     def open(self) -> dict[str, Any]:
         """Open (or, when writing, create) the repository and decide between resuming and starting clean."""
-        from lib.state import CubeState
-
         self.repo = open_repository(self.spec)
         if self.repo is None:  # no cube yet: the repository is created by the first write (prepare)
             self.state = CubeState(self.operation, "", "", resumed=False, fresh=True, schema=None, axes=None)
         elif self.write:
             self.state = read_cube_state(self.repo, self.spec, self.operation)
         else:
-            self.state = _read_only_state(self.repo, self.spec, self.operation)
+            self.state = read_main_state(self.repo, self.spec, self.operation)
         if self.state.schema is not None and self.state.schema.nativized:
             # coordinates nativized earlier are loaded from every new file too
             self.options = dataclasses.replace(self.options, extra_native=tuple(self.state.schema.nativized))
@@ -493,29 +491,6 @@ READ_RECTILINEAR = (
     "the cube has rectilinear axes: readers enable them before opening it, with "
     "zarr.config.set({'array.rectilinear_chunks': True}) or ZARR_ARRAY__RECTILINEAR_CHUNKS=True in the environment"
 )
-
-
-def _read_only_state(repo: icechunk.Repository, spec: Spec, operation: Operation) -> CubeState:
-    """The state a dry run plans against: main's, without touching any branch."""
-    from lib.ledger import ledger_size, read_schema
-    from lib.ledger_index import LedgerIndex
-    from lib.state import read_axes
-
-    main = repo.lookup_branch(spec.repo.branch)
-    store = repo.readonly_session(snapshot_id=main).store
-    schema = read_schema(store)
-    fresh = schema is None or operation == "build"
-    return CubeState(
-        operation,
-        main,
-        main,
-        resumed=False,
-        fresh=fresh,
-        schema=None if fresh else schema,
-        axes=None if fresh or schema is None else read_axes(store, schema),
-        ledger=LedgerIndex.empty() if fresh else LedgerIndex(store),
-        ledger_base=ledger_size(store),
-    )
 
 
 def nativize_cube(

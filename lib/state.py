@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import icechunk
     from zarr.abc.store import Store
 
-__all__ = ["CubeState", "read_axes", "read_cube_state", "run_metadata"]
+__all__ = ["CubeState", "read_axes", "read_cube_state", "read_main_state", "run_metadata"]
 
 
 @dataclass
@@ -86,6 +86,25 @@ def _expanded(sizes: list[Any]) -> list[int]:
     for item in sizes:
         out += [int(item[0])] * int(item[1]) if isinstance(item, (list, tuple)) else [int(item)]
     return out
+
+
+def read_main_state(repo: icechunk.Repository, spec: Spec, operation: Operation) -> CubeState:
+    """The state a dry run plans against: main's, without touching any branch."""
+    main = repo.lookup_branch(spec.repo.branch)
+    store = repo.readonly_session(snapshot_id=main).store
+    schema = read_schema(store)
+    fresh = schema is None or operation == "build"
+    return CubeState(
+        operation,
+        main,
+        main,
+        resumed=False,
+        fresh=fresh,
+        schema=None if fresh else schema,
+        axes=None if fresh or schema is None else read_axes(store, schema),
+        ledger=LedgerIndex.empty() if fresh else LedgerIndex(store),
+        ledger_base=ledger_size(store),
+    )
 
 
 def read_cube_state(repo: icechunk.Repository, spec: Spec, operation: Operation) -> CubeState:
