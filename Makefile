@@ -50,7 +50,7 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check lib tasks flows tests benchmarks
 	$(VENV)/bin/ruff format --check lib tasks flows tests benchmarks
-	$(VENV)/bin/mypy lib tasks flows
+	$(VENV)/bin/mypy lib tasks flows benchmarks
 
 clean:
 	rm -rf $(VENV) icefloe-demo .pytest_cache

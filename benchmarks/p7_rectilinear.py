@@ -14,6 +14,7 @@ import argparse
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,7 @@ def write_archive(root: Path, polygons: int, months: int, uneven: bool) -> int:
             )
             path = root / f"polygon_{p:03d}" / f"m{m:03d}.nc"
             path.parent.mkdir(parents=True, exist_ok=True)
-            encoding = {
+            encoding: dict[str, dict[str, Any]] = {
                 "DIC": {"chunksizes": (days, 8, 8), "zlib": True, "complevel": 4},
                 "time": {"units": "days since 2000-01-01", "dtype": "int64"},
             }

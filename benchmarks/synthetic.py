@@ -26,16 +26,19 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from lib.layout import Axes, Placement
+from lib.parsing.fragment import PackedSlice
 from lib.pipeline import Step, run_steps
-from lib.planning import Plan
+from lib.planning import Plan, SpilledURLs
 from lib.repository import open_repository, publish, set_manifest_splitting
 from lib.runs import CubeRun
 from lib.spec import Spec, load_spec
+from lib.spool import SLICE
 from lib.staging import RunInfo, manifest_split, stage_batch, stage_prepare, stage_run_record
 from lib.state import read_cube_state
 from lib.validation import FileEntry, native_digest
@@ -120,24 +123,29 @@ def write_synthetic_cube(
         p, m, t = where(number[url])
         return Placement(url, (p, m - 1), (("time", t, t + 1),))
 
+    def fragment(url: str) -> Any:
+        if url in fragments:
+            return fragments[url].references_only()
+        p, m, _ = where(number[url])
+        arrays = dict(template.arrays)
+        arrays[cell_var] = dataclasses.replace(arrays[cell_var], values=cell_value(p, m))
+        return dataclasses.replace(template, url=url, arrays=arrays)
+
     class Fragments:
-        def read(self, batch: int, kind: str = "fragments") -> list[Any]:
-            out = []
-            for url in urls[batch * batch_files : (batch + 1) * batch_files]:
-                if url in fragments:
-                    out.append(fragments[url].references_only())
-                    continue
-                p, m, _ = where(number[url])
-                arrays = dict(template.arrays)
-                arrays[cell_var] = dataclasses.replace(arrays[cell_var], values=cell_value(p, m))
-                out.append(dataclasses.replace(template, url=url, arrays=arrays))
-            return out
+        """The run's spool, as the parse workers would have left it: a batch's fragments packed a
+        slice at a time, made when read."""
+
+        def slices(self, batch: int, kind: str = "fragments") -> Iterator[PackedSlice]:
+            assert kind == "fragments", "the synthetic plan is never spilled"
+            mine = urls[batch * batch_files : (batch + 1) * batch_files]
+            for start in range(0, len(mine), SLICE):
+                yield PackedSlice.pack([fragment(u) for u in mine[start : start + SLICE]])
 
     axes = Axes(
         pattern={"polygon": list(range(polygons)), "month": list(range(1, months + 1))},
         concat={"time": np.arange(steps, dtype=plan.axes.concat["time"].dtype)},
     )
-    batches = [urls[b : b + batch_files] for b in range(0, len(urls), batch_files)]
+    batches: list[list[str] | SpilledURLs] = [urls[b : b + batch_files] for b in range(0, len(urls), batch_files)]
     synthetic = Plan(
         schema=plan.schema,
         axes=axes,
@@ -157,7 +165,7 @@ def write_synthetic_cube(
     stage_prepare(repo, spec, state, synthetic, spool, info, {})  # type: ignore[arg-type]
     refs = 0
     for b in range(len(batches)):
-        _, n = stage_batch(repo, spec, state, synthetic, spool, b, info, workers=2)  # type: ignore[arg-type]
+        _, n = stage_batch(repo, spec, state, synthetic, spool, b, info)  # type: ignore[arg-type]
         refs += n
         log(f"  batch {b + 1}/{len(batches)}: {refs} refs")
     staged = stage_run_record(repo, spec, state, info, "", time.perf_counter() - started)
