@@ -158,14 +158,15 @@ def verify(spec_path: Path, local: Path, step: int) -> dict[str, Any]:
 
 def full_listing(spec_path: Path, polygons: int, months: int, steps: int) -> dict[str, Any]:
     """What an event-triggered run's discovery would cost if the bucket held every object of the cube:
-    the cube's objects, as a listing would name them (at the ETags the cube has for them), spooled a
-    page of 10,000 at a time and sorted against main's ledger index, as ``list_sources`` and
-    ``classify_objects`` do. The S3 LIST itself is not included (the bucket holds only real tiles)."""
+    the cube's objects, as a listing would name them (at the ETags the cube has for them), matched
+    against the spec's pattern, spooled a page of 10,000 at a time and sorted against main's ledger
+    index, as ``list_sources`` and ``classify_objects`` do. The S3 LIST itself is not included (the
+    bucket holds only real tiles)."""
     import datetime as dt
     import tempfile
 
     from benchmarks.synthetic import _etag
-    from lib.discovery import SourceObject, classify_objects
+    from lib.discovery import SourceObject, classify_objects, compile_pattern
     from lib.ledger_index import LedgerIndex
     from lib.listing import ObjectSpool
     from lib.repository import open_repository
@@ -175,6 +176,7 @@ def full_listing(spec_path: Path, polygons: int, months: int, steps: int) -> dic
     repo = open_repository(spec)
     assert repo is not None
     base = spec.source.url.rstrip("/") + "/"
+    pattern = compile_pattern(spec.source.pattern)
     when = dt.datetime.now(dt.UTC)
     started = time.perf_counter()
     index = LedgerIndex(repo.readonly_session(branch="main").store)
@@ -184,8 +186,10 @@ def full_listing(spec_path: Path, polygons: int, months: int, steps: int) -> dic
         for p in range(polygons):
             for m in range(1, months + 1):
                 for t in range(steps):
-                    url = f"{base}polygon_{p:03d}/month_{m:02d}/step_{t:04d}.nc"
-                    page.append(SourceObject(url, _etag(url), 0, when, (("polygon", p), ("month", m))))
+                    path = f"polygon_{p:03d}/month_{m:02d}/step_{t:04d}.nc"
+                    values = pattern.match(path)
+                    assert values is not None
+                    page.append(SourceObject(base + path, _etag(base + path), 0, when, tuple(values.items())))
                     if len(page) == 10_000:
                         spool.add(page, index.shard)
                         page = []

@@ -151,6 +151,18 @@ class LedgerIndex(Mapping[str, LedgerRow]):
         """The URL shard a URL is in (0 while the cube has no index)."""
         return shard_of(url, self.shards) if self.shards else 0
 
+    def read_shards(self, shards: Iterable[int]) -> None:
+        """Read these URL shards in one go (their chunks fetched together), for a caller about to
+        look up objects in all of them: a listing of the whole archive is sorted ~16 shards at a time."""
+        wanted = sorted({s for s in shards if s not in self._url_shards})
+        if not wanted or not self.shards:
+            return
+        array = self._array(URLS)
+        texts = array.get_orthogonal_selection((wanted,)) if array is not None else [""] * len(wanted)
+        for shard, text in zip(wanted, texts, strict=True):
+            text = str(text)
+            self._url_shards[shard] = orjson.loads(text) if text else {}
+
     def forget(self) -> None:
         """Drop the shards read so far (a caller going through the objects a shard at a time)."""
         self._url_shards.clear()
@@ -209,14 +221,14 @@ class LedgerIndex(Mapping[str, LedgerRow]):
             self._cell_shards[shard] = self._read(CELLS, shard)
         return self._cell_shards[shard]
 
-    def _read(self, name: str, shard: int) -> dict[str, Any]:
+    def _array(self, name: str) -> Any:
         if name not in self._arrays:
             self._arrays[name] = self._group[name] if self._group is not None and name in self._group else None
-        array = self._arrays[name]
-        if array is None:
-            return {}
-        text = str(array[shard])
-        return orjson.loads(text) if text else {}
+        return self._arrays[name]
+
+    def _read(self, name: str, shard: int) -> dict[str, Any]:
+        array = self._array(name)
+        return _read_shard(array, shard) if array is not None else {}
 
 
 def fold_index(store: Store) -> int:

@@ -20,23 +20,28 @@ import orjson
 if TYPE_CHECKING:
     from lib.discovery import SourceObject
 
-__all__ = ["ObjectSpool", "SpooledBatch", "SpooledObjects", "sort_key"]
+__all__ = ["UNCHANGED", "ObjectSpool", "SpooledBatch", "SpooledObjects"]
 
 _ROWS_PER_FETCH = 10_000
 
 
-def sort_key(fields: Iterable[tuple[str, int | str]], url: str) -> str:
-    """A text that sorts (bytewise) as ``(field values..., url)`` sorts in Python."""
-    parts = []
-    for _, value in fields:
-        # integers as fixed-width digits shifted to be non-negative; strings as they are
-        parts.append(f"{int(value) + 2**63:020d}" if isinstance(value, int) else str(value))
-    return "\x00".join([*parts, url])
+UNCHANGED = "unchanged"  # what the ledger says of nearly every listed object of a large cube
+
+
+def _fields_key(fields: tuple[tuple[str, int | str], ...]) -> str:
+    """A text that, followed by an object's URL, sorts (bytewise) as ``(field values..., url)`` sorts
+    in Python: integers as fixed-width digits shifted to be non-negative, strings as they are."""
+    parts = [f"{int(value) + 2**63:020d}" if isinstance(value, int) else str(value) for _, value in fields]
+    return "".join(f"{p}\x00" for p in parts)
 
 
 class ObjectSpool:
     """Objects of a run in a SQLite table: url, etag, size, modification time, pattern fields, the
-    state the ledger gives them (``found`` until sorted) and, once batched, their batch."""
+    state the ledger gives them and, once batched, their batch.
+
+    An object's state is ``unchanged`` (in the cube, at this ETag) unless sorting sets another: in a
+    listing of a large cube that is nearly every object, and sorting writes only the others.
+    """
 
     def __init__(self, directory: Path | None = None) -> None:
         # a run's steps may run on different threads (Prefect's tasks), one after the other: never at once
@@ -44,24 +49,31 @@ class ObjectSpool:
         self._db = sqlite3.connect(where, check_same_thread=False)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS objects (url TEXT PRIMARY KEY, sort TEXT, etag TEXT, size INTEGER, "
-            "modified TEXT, fields TEXT, state TEXT DEFAULT 'found', replacing INTEGER DEFAULT 0, "
+            f"modified TEXT, fields TEXT, state TEXT DEFAULT '{UNCHANGED}', replacing INTEGER DEFAULT 1, "
             "batch INTEGER, shard INTEGER DEFAULT 0)"
         )
         # the index by state is made once the objects are sorted (:meth:`sorting`), not kept through every insert
 
     def add(self, objects: Iterable[SourceObject], shard: Any = None) -> None:
         """Add objects (a page of a listing, say); ``shard(url)`` files each under its ledger shard."""
+        keys: dict[tuple[tuple[str, int | str], ...], tuple[str, str]] = {}  # objects of a cell share fields
+
+        def encoded(fields: tuple[tuple[str, int | str], ...]) -> tuple[str, str]:
+            if (found := keys.get(fields)) is None:
+                found = keys[fields] = (_fields_key(fields), orjson.dumps(fields).decode())
+            return found
+
         self._db.executemany(
             "INSERT OR REPLACE INTO objects (url, sort, etag, size, modified, fields, shard) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 (
                     o.url,
-                    sort_key(o.fields, o.url),
+                    (key := encoded(o.fields))[0] + o.url,
                     o.etag,
                     o.size,
                     o.last_modified.isoformat(),
-                    orjson.dumps(o.fields).decode(),
+                    key[1],
                     shard(o.url) if shard is not None else 0,
                 )
                 for o in objects
@@ -115,7 +127,8 @@ class ObjectSpool:
             self._db.execute("CREATE INDEX IF NOT EXISTS by_state ON objects (state, sort)")
 
     def set_states(self, states: Iterable[tuple[str, bool, int]]) -> None:
-        """Record each object's state: ``(state, replacing, key)``, the key from :meth:`by_shard`."""
+        """Record the state of objects that are not unchanged: ``(state, replacing, key)``, the key
+        from :meth:`by_shard`."""
         self._db.executemany("UPDATE objects SET state = ?, replacing = ? WHERE rowid = ?", states)
 
     def urls(self, state: str, replacing: bool | None = None) -> Iterator[str]:

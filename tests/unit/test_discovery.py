@@ -25,10 +25,19 @@ from lib.storage import object_store
         ("data_??.nc", "data_01.nc", {}),
         ("data_??.nc", "data_001.nc", None),
         ("*.nc", "tas.nc.bak", None),
+        ("{b}/x_{a:d}/**", "q/x_0012/y/z.nc", {"b": "q", "a": 12}),
+        ("**/{run}/m_{member:d}_?.nc", "a/b/r1/m_3_q.nc", {"run": "r1", "member": 3}),
+        ("**/{run}/m_{member:d}_?.nc", "r1/m_-3_q.nc", None),
     ],
 )
 def test_pattern_matching(pattern: str, path: str, expected: dict | None) -> None:
-    assert compile_pattern(pattern).match(path) == expected
+    compiled = compile_pattern(pattern)
+    assert compiled.match(path) == expected
+    # what parse itself makes of the match, converters and all (icefloe converts the fields itself)
+    full = compiled.parser.parse(path)
+    assert (None if full is None else dict(full.named)) == expected
+    if expected is not None:
+        assert list(compiled.match(path) or {}) == list(compiled.fields)  # the fields in pattern order
 
 
 def test_pattern_fields_and_listing_prefix() -> None:
