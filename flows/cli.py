@@ -405,7 +405,20 @@ def serve(
     older_than: Annotated[float, typer.Option(help="Days of history maintenance keeps.")] = 30.0,
     threshold: Annotated[int, typer.Option(help="Events that start an ingest run.")] = 1,
     within: Annotated[int, typer.Option(help="Seconds over which --threshold events are counted.")] = 0,
-    poll: Annotated[float, typer.Option(help="Seconds between looks for flow runs to start.")] = 0.5,
+    poll: Annotated[
+        float,
+        typer.Option(
+            help="Seconds between the runner's looks for flow runs to start (runs created by events or "
+            "by hand start on their creation's event, without waiting for a look; see --wake)."
+        ),
+    ] = 10.0,
+    wake: Annotated[
+        bool,
+        typer.Option(
+            help="Start a flow run as soon as the Prefect event of its creation arrives; --no-wake "
+            "leaves it to the runner's next look (--poll)."
+        ),
+    ] = True,
     warm: Annotated[
         bool,
         typer.Option(
@@ -417,7 +430,8 @@ def serve(
 ) -> None:
     """Serve the cube's deployments (build, event-triggered ingest, sweep, maintain) against PREFECT_API_URL.
 
-    Flow runs start in processes forked from a warm fork server, looked for every --poll seconds.
+    Flow runs start in processes forked from a warm fork server, as soon as their creation's event
+    arrives (and at the runner's looks, every --poll seconds).
     """
     with _errors():
         loaded = _load(spec)
@@ -452,7 +466,7 @@ def serve(
             from flows.services.warm import use_warm_processes
 
             use_warm_processes(expectations=bool(loaded.checks.expectations))
-        serve_deployments(plans, poll=poll)
+        serve_deployments(plans, poll=poll, wake=wake)
 
 
 bridge_app = typer.Typer(

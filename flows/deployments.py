@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
 from lib.events import CREATED_EVENT
 from lib.spec import Spec
@@ -144,18 +145,35 @@ def cube_deployments(plans: list[DeploymentPlan]) -> list[Any]:
     return [flow.to_deployment(**arguments) for flow, arguments in _deployment_arguments(plans)]
 
 
-def serve_deployments(plans: list[DeploymentPlan], poll: float = 0.5) -> None:
+def serve_deployments(plans: list[DeploymentPlan], poll: float = 10.0, wake: bool = True) -> None:
     """Register the plans' deployments and run their flow runs in this process's runner until stopped.
 
     The runner is given the flows themselves (not just the deployments), so it starts each run from
     the flow in memory -- through :mod:`flows.services.warm`'s fork server when that is in use --
-    instead of a ``python -m prefect.engine`` that imports everything again.
+    instead of a ``python -m prefect.engine`` that imports everything again. With ``wake``, a run
+    starts as soon as its creation's event arrives (:mod:`flows.services.wake`); the runner's own
+    polls, ``poll`` seconds apart, catch the rest.
     """
     import asyncio
 
     from prefect.runner import Runner
 
     runner = Runner(name="icefloe", pause_on_shutdown=True, query_seconds=poll)
-    for flow, arguments in _deployment_arguments(plans):
-        runner.add_flow(flow, **arguments)
-    asyncio.run(runner.start())
+    deployment_ids = [
+        cast(UUID, runner.add_flow(flow, **arguments))  # called outside an event loop: the id itself
+        for flow, arguments in _deployment_arguments(plans)
+    ]
+
+    async def serve() -> None:
+        waker = None
+        if wake:
+            from flows.services.wake import wake_on_flow_runs
+
+            waker = asyncio.create_task(wake_on_flow_runs(runner, deployment_ids))
+        try:
+            await runner.start()
+        finally:
+            if waker is not None:
+                waker.cancel()
+
+    asyncio.run(serve())

@@ -27,14 +27,15 @@ SHAPE = DemoShape(polygons=1, months=1, steps=1)
 
 
 class Cube:
-    def __init__(self, stack: LocalStack, root: Path) -> None:
-        self.stack, self.root = stack, root
+    def __init__(self, stack: LocalStack, root: Path, name: str = NAME) -> None:
+        self.stack, self.root, self.name = stack, root, name
+        root.mkdir(parents=True, exist_ok=True)
         self.spec_path = root / "cube.yaml"
         assert stack.s3 is not None
         self.spec_path.write_text(
-            f"name: {NAME}\nsource:\n  url: s3://archive/cube/\n"
+            f"name: {name}\nsource:\n  url: s3://archive/cube/\n"
             f'  pattern: "polygon_{{polygon:d}}/month_{{month:d}}/step_*.nc"\n'
-            f"  storage: {stack.s3.storage_yaml()}\nconcat: [time]\nrepo:\n  url: s3://cubes/{NAME}\n"
+            f"  storage: {stack.s3.storage_yaml()}\nconcat: [time]\nrepo:\n  url: s3://cubes/{name}\n"
             f"execution: {{executor: threads, workers: 2}}\n"
         )
         self.spec: Spec = load_spec(self.spec_path)
@@ -120,3 +121,26 @@ def test_the_bridge_refuses_requests_without_the_token(cube: Cube) -> None:
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(request, timeout=10)
     assert err.value.code == 401
+
+
+def test_a_served_run_starts_on_its_creation_event_not_at_a_poll(cube: Cube) -> None:
+    """With the runner's polls ten minutes apart, each new object still reaches main: its flow run
+    starts on the event of its creation (``flows.services.wake``)."""
+    stack = cube.stack
+    cube = Cube(stack, cube.root / "wake", name="wake")  # deployments of its own on the shared server
+    first = cube.put(0, 1, 0)
+    built = stack.icefloe("build", str(cube.spec_path), "--json")
+    assert built.returncode == 0, built.stderr[-3000:]
+
+    stack.serve(cube.spec_path, "--sweep-cron", "0 0 1 1 *", "--poll", "600")
+    wait_for("the ingest deployment's trigger", lambda: stack.trigger_ready("ingest_objects", "wake-ingest"))
+    # one at a time, each after the one before is on main: the runner's only poll was when it started
+    arrived = [first]
+    for t in (1, 2):
+        arrived.append(cube.put(0, 1, t))
+        wait_for(f"step {t} on main", lambda: set(arrived) <= set(cube.ingested()), 120)
+    assert len(stack.flow_runs("ingest_objects", "wake-ingest")) >= 2
+    data = read_cube(cube.spec).load()
+    for t in range(3):
+        ref = xr.open_dataset(step_path(cube.root / "local", 0, 1, t)).load()
+        xr.testing.assert_identical(data.DIC.sel(polygon=0, month=1, drop=True).sel(time=ref.time), ref.DIC)
