@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import sqlite3
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,9 +46,15 @@ class ObjectSpool:
     """
 
     def __init__(self, directory: Path | None = None) -> None:
+        # a file of its own: a discovery that is retried starts from an empty spool, whatever still
+        # holds the one before (the failed attempt's traceback, say)
+        self._file: Path | None = None
+        if directory is not None:
+            fd, name = tempfile.mkstemp(prefix="objects-", suffix=".sqlite", dir=directory)
+            os.close(fd)
+            self._file = Path(name)
         # a run's steps may run on different threads (Prefect's tasks), one after the other: never at once
-        where = ":memory:" if directory is None else str(Path(directory) / "objects.sqlite")
-        self._db = sqlite3.connect(where, check_same_thread=False)
+        self._db = sqlite3.connect(str(self._file or ":memory:"), check_same_thread=False)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS objects (url TEXT PRIMARY KEY, sort TEXT, etag TEXT, size INTEGER, "
             f"modified TEXT, fields TEXT, state TEXT DEFAULT '{UNCHANGED}', replacing INTEGER DEFAULT 1, "
@@ -158,9 +166,12 @@ class ObjectSpool:
 
     def close(self) -> None:
         self._db.close()
+        if self._file is not None:
+            self._file.unlink(missing_ok=True)
 
     def __del__(self) -> None:  # a spool nobody closed (a view dropped with its run): close its file
-        self._db.close()
+        if hasattr(self, "_db"):
+            self.close()
 
 
 def _object(row: tuple[Any, ...]) -> SourceObject:

@@ -107,3 +107,35 @@ def test_classify_against_the_ledger(tmp_path: Path) -> None:
     assert url + "b.nc" in {o.url for o in replaced.pending} and not replaced.changed
     only = classify_objects(found, ledger, only={url + "e.nc"})
     assert [o.url for o in only.pending] == [url + "e.nc"] and only.discovered == 1
+
+
+def test_a_retried_discovery_starts_from_an_empty_spool(workdir: Path) -> None:
+    """A discovery retried in the same run (Prefect retries the step on a store error) lists afresh,
+    even while the failed attempt's spool is still held: nothing it found stays behind."""
+    import uuid
+
+    from lib.pipeline import Step, run_steps
+    from lib.runs import CubeRun
+    from tests.helpers import dataset, make_spec, run_cube, write_nc4
+
+    def day(n: int) -> Path:
+        return write_nc4(workdir / "archive" / f"day_{n:03d}.nc", dataset(n))  # type: ignore[arg-type]
+
+    day(0)
+    spec = make_spec(workdir, "day_*.nc")
+    assert run_cube(spec).exit_code == 0
+    gone = day(1)
+    day(2)
+    run = CubeRun(spec, "ingest", str(uuid.uuid4()))
+    try:
+        run_steps(run, until=Step.OPEN)
+        run.discover()
+        first = run.discovery  # as a failed attempt's traceback would hold it
+        assert first is not None and len(first.pending) == 2
+        gone.unlink()  # gone before the retry lists again
+        run.discover()
+        assert run.discovery is not None
+        assert [o.url.rsplit("/", 1)[1] for o in run.discovery.pending] == ["day_002.nc"]
+        assert len(run.discovery.unchanged) == 1 and len(first.pending) == 2
+    finally:
+        run.close()
