@@ -25,7 +25,7 @@ __all__ = ["WAKE_STATES", "wake_filter", "wake_on_flow_runs"]
 
 # flow-run states after which the runner may have a run to start
 WAKE_STATES = ("Scheduled", "Completed", "Failed", "Crashed", "Cancelled")
-RECONNECT_SECONDS = 5.0
+RECONNECT_SECONDS, RECONNECT_MAX_SECONDS = 5.0, 300.0  # between attempts to subscribe again
 
 logger = logging.getLogger("icefloe.serve")
 
@@ -60,10 +60,12 @@ async def wake_on_flow_runs(runner: Any, deployment_ids: list[UUID]) -> None:
                 logger.warning("polling for flow runs on an event failed: %s", e)
 
     poller = asyncio.create_task(poll_when_woken())
+    delay = RECONNECT_SECONDS
     try:
         while True:
             try:
                 async with get_events_subscriber(filter=wake_filter(deployment_ids)) as subscriber:
+                    delay = RECONNECT_SECONDS
                     async for _ in subscriber:
                         wake.set()
             except Exception as e:
@@ -71,8 +73,9 @@ async def wake_on_flow_runs(runner: Any, deployment_ids: list[UUID]) -> None:
                     "the Prefect event stream is unavailable (%s); flow runs start at the runner's polls "
                     "until it is back (retrying in %.0f s)",
                     e,
-                    RECONNECT_SECONDS,
+                    delay,
                 )
-            await asyncio.sleep(RECONNECT_SECONDS)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_SECONDS)
     finally:
         poller.cancel()
