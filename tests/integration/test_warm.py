@@ -22,9 +22,10 @@ SCRIPT = textwrap.dedent("""
 
     @flow
     def probe(out: str) -> None:
-        import os, sys
+        import gc, os, sys
         with open(out, "w") as f:
-            json.dump({"pid": os.getpid(), "ppid": os.getppid(), "preloaded": "tabnanny" in sys.modules}, f)
+            json.dump({"pid": os.getpid(), "ppid": os.getppid(), "preloaded": "tabnanny" in sys.modules,
+                       "frozen": gc.get_freeze_count()}, f)
 
     if __name__ == "__main__":
         if sys.argv[2] == "warm":
@@ -55,5 +56,6 @@ def test_flow_runs_start_from_the_warm_fork_server(prefect_server: str, tmp_path
         assert runner["kind"] == "ForkServerProcess"
         assert child["preloaded"]  # imported by the fork server, not by the flow
         assert child["ppid"] != runner["runner"]  # forked by the fork server
+        assert child["frozen"] > 10_000  # the fork server's heap, which the run's collections leave alone
     else:
-        assert runner["kind"] == "SpawnProcess" and not child["preloaded"]
+        assert runner["kind"] == "SpawnProcess" and not child["preloaded"] and child["frozen"] == 0
