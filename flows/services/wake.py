@@ -7,10 +7,11 @@ that commits while an automation is creating a flow run makes that creation fail
 locked" and wait out the client's 2 s back-off (``benchmarks/RESULTS.md``, P6).
 
 So ``icefloe serve`` also subscribes to the Prefect events of its deployments' flow runs and polls
-once as soon as one is scheduled or ends (freeing the slot a queued run waits for). The regular poll
-stays, rarer, as the safety net: for scheduled runs whose start time comes later, runs waiting for a
-concurrency slot, and whatever the event stream misses while it reconnects. A run refused a slot is
-no reason to poll: that poll would be refused again, and make another such event.
+once as soon as one is scheduled. The regular poll stays, rarer, as the safety net: for scheduled
+runs whose start time comes later, runs waiting for a concurrency slot (Prefect retries them 30 s
+later: a poll when the run before ends would not find them due), and whatever the event stream misses
+while it reconnects. No other state wakes it: each poll is a write, and a write that lands while an
+automation creates the next run is what costs the 2 s back-off above.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ from uuid import UUID
 
 __all__ = ["WAKE_STATES", "wake_filter", "wake_on_flow_runs"]
 
-# flow-run states after which the runner may have a run to start
-WAKE_STATES = ("Scheduled", "Completed", "Failed", "Crashed", "Cancelled")
+WAKE_STATES = ("Scheduled",)  # flow-run states after which the runner has a run to start
 RECONNECT_SECONDS, RECONNECT_MAX_SECONDS = 5.0, 300.0  # between attempts to subscribe again
 
 logger = logging.getLogger("icefloe.serve")
