@@ -59,6 +59,9 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 120, poll: f
     raise StorageError(f"timed out after {timeout} s waiting for {what}")
 
 
+FLUSH_SETTING = "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL"
+
+
 class LocalStack:
     """Processes of the local event path, started on demand and all stopped by :meth:`close`."""
 
@@ -179,6 +182,11 @@ class LocalStack:
         }
         if self.database_url:
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
+        else:
+            # SQLite takes one writer at a time: the server's event persister writing every 5 s (its
+            # default) is what most often makes an automation's flow-run creation wait out a 2 s retry
+            # (benchmarks/RESULTS.md, P6); every 30 s instead, unless the environment says otherwise
+            env.setdefault(FLUSH_SETTING, "30")
         env.pop("PREFECT_API_URL", None)
         proc = self.start(
             "prefect", [self._bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env
