@@ -160,8 +160,7 @@ class LedgerIndex(Mapping[str, LedgerRow]):
         array = self._array(URLS)
         texts = array.get_orthogonal_selection((wanted,)) if array is not None else [""] * len(wanted)
         for shard, text in zip(wanted, texts, strict=True):
-            text = str(text)
-            self._url_shards[shard] = orjson.loads(text) if text else {}
+            self._url_shards[shard] = _shard_table(text)
 
     def forget(self) -> None:
         """Drop the shards read so far (a caller going through the objects a shard at a time)."""
@@ -292,7 +291,12 @@ def _tail(store: Store, start: int, shards: int) -> Iterator[tuple[str, int, int
 
 
 def _read_shard(array: Any, shard: int) -> dict[str, Any]:
-    text = str(array[shard])
+    return _shard_table(array[shard])
+
+
+def _shard_table(text: Any) -> dict[str, Any]:
+    """A shard's table from its chunk's text (empty: a shard nothing was written to)."""
+    text = str(text)
     return orjson.loads(text) if text else {}
 
 

@@ -57,11 +57,10 @@ PRELOAD = [
     "zarr",
     "h5py",
     "obstore",
-    "flows.services.frozen",  # last: freezes the heap the imports above made
 ]
 
 
-FREEZE = "flows.services.frozen"
+FREEZE = "flows.services.frozen"  # imported after all the others: freezes the heap they made
 EXPECTATIONS = ["great_expectations"]  # only for cubes whose spec lists expectations (~100 MB)
 
 
@@ -90,7 +89,7 @@ def use_warm_processes(
 
     context = multiprocessing.get_context("forkserver")
     modules = list(preload if preload is not None else PRELOAD) + (EXPECTATIONS if expectations else [])
-    context.set_forkserver_preload([m for m in modules if m != FREEZE] + [FREEZE])  # the heap frozen last
+    context.set_forkserver_preload([*modules, FREEZE])
     from multiprocessing import forkserver
 
     forkserver.ensure_running()
