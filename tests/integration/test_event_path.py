@@ -46,6 +46,13 @@ class Cube:
         self.stack.s3.client().upload_file(str(path), "archive", key)  # type: ignore[union-attr]
         return f"s3://archive/{key}"
 
+    def assert_matches_files(self, steps: range) -> None:
+        """Main's data at each of ``steps`` (cell polygon 0, month 1) is the file's, value for value."""
+        data = read_cube(self.spec).load()
+        for t in steps:
+            ref = xr.open_dataset(step_path(self.root / "local", 0, 1, t)).load()
+            xr.testing.assert_identical(data.DIC.sel(polygon=0, month=1, drop=True).sel(time=ref.time), ref.DIC)
+
     def ingested(self) -> collections.Counter[str]:
         rows = read_rows(open_repo(self.spec).readonly_session(branch="main").store)
         return collections.Counter(r.url for r in rows if r.status == "ingested")
@@ -110,10 +117,7 @@ def test_put_to_main_through_events_then_lost_and_duplicated_events(cube: Cube) 
     )
     assert cube.ingested() == counts  # the duplicate runs changed nothing
 
-    data = read_cube(cube.spec).load()
-    for t in range(5):
-        ref = xr.open_dataset(step_path(cube.root / "local", 0, 1, t)).load()
-        xr.testing.assert_identical(data.DIC.sel(polygon=0, month=1, drop=True).sel(time=ref.time), ref.DIC)
+    cube.assert_matches_files(range(5))
 
 
 def test_the_bridge_refuses_requests_without_the_token(cube: Cube) -> None:
@@ -133,14 +137,11 @@ def test_a_served_run_starts_on_its_creation_event_not_at_a_poll(cube: Cube) -> 
     assert built.returncode == 0, built.stderr[-3000:]
 
     stack.serve(cube.spec_path, "--sweep-cron", "0 0 1 1 *", "--poll", "600")
-    wait_for("the ingest deployment's trigger", lambda: stack.trigger_ready("ingest_objects", "wake-ingest"))
+    wait_for("the ingest deployment's trigger", lambda: stack.trigger_ready("ingest_objects", f"{cube.name}-ingest"))
     # one at a time, each after the one before is on main: the runner's only poll was when it started
     arrived = [first]
     for t in (1, 2):
         arrived.append(cube.put(0, 1, t))
         wait_for(f"step {t} on main", lambda: set(arrived) <= set(cube.ingested()), 120)
-    assert len(stack.flow_runs("ingest_objects", "wake-ingest")) >= 2
-    data = read_cube(cube.spec).load()
-    for t in range(3):
-        ref = xr.open_dataset(step_path(cube.root / "local", 0, 1, t)).load()
-        xr.testing.assert_identical(data.DIC.sel(polygon=0, month=1, drop=True).sel(time=ref.time), ref.DIC)
+    assert len(stack.flow_runs("ingest_objects", f"{cube.name}-ingest")) >= 2
+    cube.assert_matches_files(range(3))
